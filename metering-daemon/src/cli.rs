@@ -1,0 +1,186 @@
+//! The `eip-meter` command line. The only place that reads signals and prints for people.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info};
+
+use crate::{
+    config::{AnyInterface, Config, ConfigError, CurrentNetns, HostCheck},
+    dataplane::PinnedMaps,
+    report::CounterReport,
+};
+
+/// Meter the traffic of cloud Elastic IPs with eBPF.
+///
+/// `run` loads TC programs onto the uplink interfaces named in the config, provisions the EIPs
+/// listed there and counts every EIP's inbound (towards the EIP) and outbound (from the EIP)
+/// IP-layer bytes and packets. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+#[derive(Debug, Parser)]
+#[command(name = "eip-meter", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon. SIGHUP re-reads the config and applies the EIP inventory; SIGTERM or
+    /// SIGINT stops it (detaching, or leaving the pins, as `dataplane.on_exit` says).
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short, env = "EIP_METER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file without applying anything; every problem is listed with its line.
+    /// Exit code 0 when valid, 1 when not.
+    Validate {
+        #[arg(long, short, env = "EIP_METER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print every EIP's counters from the pinned maps of a running (or kept) daemon.
+    Counters {
+        /// Config of the daemon whose maps to read (its pin directory is used).
+        #[arg(long, short, env = "EIP_METER_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Entry point of the `eip-meter` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: &Path, host: &dyn HostCheck) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Config::parse(&text, host).map_err(|problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { config } => match load_config(&config, &CurrentNetns) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} EIPs, interfaces {}, capacity {}, pins in {})",
+                    config.display(),
+                    c.eips.len(),
+                    c.dataplane.interfaces.join(", "),
+                    c.dataplane.capacity,
+                    c.dataplane.pin_dir().display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Counters { config, json } => {
+            let c = load_config(&config, &AnyInterface)?;
+            let pin_dir = c.dataplane.pin_dir();
+            let maps = PinnedMaps::open(&pin_dir).with_context(|| {
+                format!(
+                    "no data plane pinned in {} (is the daemon running?)",
+                    pin_dir.display()
+                )
+            })?;
+            let report = CounterReport::new(&maps.read_counters()?, maps.read_non_eip()?);
+            print!(
+                "{}",
+                if json {
+                    report.to_json() + "\n"
+                } else {
+                    report.to_table()
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let initial = load_config(&config, &CurrentNetns)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(run_with_signals(config, initial))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_with_signals(path: PathBuf, initial: Config) -> anyhow::Result<()> {
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+
+    // SIGHUP: re-read and validate; an invalid file is reported and changes nothing.
+    let reloader = async move {
+        while hangup.recv().await.is_some() {
+            info!(config = %path.display(), "SIGHUP: reloading");
+            match load_config(&path, &CurrentNetns) {
+                Ok(c) => {
+                    if reload_tx.send(c).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => error!(error = %e, "reload rejected; keeping the running inventory"),
+            }
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM"),
+            _ = interrupt.recv() => info!("SIGINT"),
+        }
+    };
+    tokio::select! {
+        result = crate::run(initial, reload_rx, shutdown) => result.map_err(Into::into),
+        () = reloader => unreachable!("the SIGHUP stream never ends"),
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    metering_daemon::cli::main()
+}

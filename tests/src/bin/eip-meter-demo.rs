@@ -1,0 +1,154 @@
+//! `cargo xtask demo`: the daemon on a namespace topology with 3 EIPs and real traffic.
+//!
+//! Usage: eip-meter-demo PATH-TO-EIP-METER
+
+use std::{net::SocketAddr, path::PathBuf, process::Command};
+
+use anyhow::{Context, Result};
+use eip_meter_tests::{
+    Daemon, UdpSink, mixed_sizes, require_root, send_udp, tcp_bulk,
+    topology::{Topology, TopologyOptions, eip_v4, eip_v6},
+};
+
+fn main() -> Result<()> {
+    require_root();
+    let binary = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .context("usage: eip-meter-demo PATH-TO-EIP-METER")?,
+    );
+    let eips = [eip_v4(10), eip_v4(11), eip_v6(10)];
+    let idle_non_eip = eip_v4(99);
+
+    println!("== Topology: internet <-> router (eip-meter on up0) <-> tenant owning the EIPs");
+    let topo = Topology::new(&TopologyOptions {
+        tenant_addresses: [&eips[..], &[idle_non_eip]].concat(),
+        ipv6: true,
+    })?;
+    let config = topo.config(&eips, "");
+    println!("\n== Config\n{config}");
+
+    let validate = topo
+        .router
+        .command(&binary)?
+        .args(["validate", "--config", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    if let Ok(mut child) = validate {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(config.as_bytes())?;
+        let out = child.wait_with_output()?;
+        println!(
+            "== eip-meter validate\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    println!("== Starting eip-meter in the router namespace");
+    let daemon = Daemon::start(&binary, &topo.router, &config, &eips)?;
+
+    println!("== Traffic");
+    let mut expected = Vec::new();
+    for (i, &eip) in eips.iter().enumerate() {
+        let inet = Topology::internet_addr(eip, 0);
+        let sink_in = UdpSink::bind(&topo.tenant, SocketAddr::new(eip, 0))?;
+        let sink_out = UdpSink::bind(&topo.internet, inet)?;
+        let n = 200 * (i + 1);
+        let inbound = send_udp(
+            &topo.internet,
+            inet.ip(),
+            sink_in.addr,
+            mixed_sizes(n, eip.is_ipv6()),
+        )?;
+        let outbound = send_udp(
+            &topo.tenant,
+            eip,
+            sink_out.addr,
+            mixed_sizes(n / 2, eip.is_ipv6()),
+        )?;
+        println!(
+            "  {eip:<16} UDP: {n} datagrams in ({inbound} IP bytes), {} out ({outbound} IP bytes)",
+            n / 2
+        );
+        expected.push((eip, inbound, outbound));
+    }
+    let bulk_eip = eips[0];
+    tcp_bulk(
+        &topo.tenant,
+        bulk_eip,
+        &topo.internet,
+        Topology::internet_addr(bulk_eip, 0),
+        20_000_000,
+    )?;
+    println!("  {bulk_eip:<16} TCP: 20,000,000 payload bytes out (GSO on), plus the ACKs in");
+    let other = Topology::internet_addr(idle_non_eip, 0);
+    let sink = UdpSink::bind(&topo.internet, other)?;
+    send_udp(
+        &topo.tenant,
+        idle_non_eip,
+        sink.addr,
+        mixed_sizes(10, false),
+    )?;
+    println!("  {idle_non_eip:<16} UDP: 10 datagrams out from an address that is not an EIP");
+
+    println!("\n== eip-meter counters");
+    let out = Command::new(&binary)
+        .args(["counters", "--config"])
+        .arg(&daemon.config_path)
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    println!("\n== Check against what the demo sent (UDP only; the TCP flow adds to {bulk_eip})");
+    let snapshot = daemon.counters()?;
+    for (eip, inbound, outbound) in expected {
+        let c = snapshot.eip(eip);
+        let tcp_note = if eip == bulk_eip { " (+ TCP)" } else { "" };
+        let ok = if eip == bulk_eip {
+            c.inbound_bytes >= inbound && c.outbound_bytes > outbound + 20_000_000
+        } else {
+            c.inbound_bytes == inbound && c.outbound_bytes == outbound
+        };
+        println!(
+            "  {eip:<16} in {:>10} vs sent {inbound:>10}{tcp_note}, out {:>10} vs sent {outbound:>10}{tcp_note}  {}",
+            c.inbound_bytes,
+            c.outbound_bytes,
+            if ok { "OK" } else { "MISMATCH" }
+        );
+    }
+
+    println!("\n== Daemon log");
+    print_log(&daemon);
+    println!(
+        "\n== Stopping (SIGTERM: programs detached, pins removed) and removing the namespaces"
+    );
+    drop(daemon);
+    drop(topo);
+    println!("done");
+    Ok(())
+}
+
+/// The daemon's JSON log, one readable line per event.
+fn print_log(daemon: &Daemon) {
+    for line in daemon.log().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let fields = &v["fields"];
+        let message = fields["message"].as_str().unwrap_or(line);
+        let rest: Vec<String> = fields
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| *k != "message")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "  {} {message} {}",
+            v["level"].as_str().unwrap_or(""),
+            rest.join(" ")
+        );
+    }
+}

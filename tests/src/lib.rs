@@ -1,0 +1,602 @@
+//! Network-namespace harness for eip-meter's integration tests and demo.
+//!
+//! * [`Netns`]: a named network namespace, deleted on drop (also while a test panics).
+//! * [`Topology`]: internet <-> router <-> tenant, with the EIPs on the tenant side and the
+//!   daemon's uplink (`up0`) in the router.
+//! * [`Daemon`]: the `eip-meter` binary running in the router namespace, stopped on drop.
+//! * Traffic helpers that send from inside a namespace and return the IP-layer bytes they sent,
+//!   and [`IpStats`], the receiving stack's own counters, used as an independent reference.
+//!
+//! Addresses are documentation ranges only (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24,
+//! 2001:db8::/32), inside namespaces this harness creates. Every loop is bounded.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+pub mod topology;
+pub use topology::{Topology, TopologyOptions};
+
+/// Fails loudly when the harness cannot work: these tests are never skipped.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "network-namespace and eBPF tests need root (run `cargo xtask test` as root); they are never skipped"
+    );
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short tag for namespace, instance and file names of one test.
+pub fn unique_tag(role: &str) -> String {
+    format!(
+        "em{}x{}{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        role
+    )
+}
+
+/// Runs a command and fails with its stderr if it does not succeed.
+pub fn run_cmd(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A named network namespace (`/run/netns/<name>`), removed on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Result<Self> {
+        let name = unique_tag(role);
+        run_cmd("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run_cmd("ip", &full)
+    }
+
+    /// The MAC address of `dev` in this namespace.
+    pub fn mac(&self, dev: &str) -> Result<String> {
+        let out = self.ip(&["-br", "link", "show", "dev", dev])?;
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC for {dev} in `{out}`"))
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        self.run(move || std::fs::write(&path, value).with_context(|| format!("sysctl {path}")))
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace; sockets it creates belong here.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.spawn(f).join()
+    }
+
+    /// Starts `f` on a thread inside this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> NsThread<T> {
+        let path = self.path();
+        NsThread(thread::spawn(move || {
+            let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns {}", path.display()))?;
+            f()
+        }))
+    }
+
+    /// A `Command` that runs in this namespace (network only: the mount namespace, and so
+    /// `/sys/fs/bpf`, stays the host's, unlike `ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let file = File::open(self.path()).context("open netns")?;
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `file` outlives the fork because the closure owns it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A thread running inside a namespace.
+pub struct NsThread<T>(thread::JoinHandle<Result<T>>);
+
+impl<T> NsThread<T> {
+    pub fn join(self) -> Result<T> {
+        match self.0.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// IP-layer size of a UDP datagram with `payload` bytes.
+pub fn udp_ip_len(dst: &SocketAddr, payload: usize) -> u64 {
+    let ip_header = if dst.is_ipv4() { 20 } else { 40 };
+    (ip_header + 8 + payload) as u64
+}
+
+/// Sends one UDP datagram of each size from `src` (bound there) to `dst`, inside `ns`, paced so
+/// no queue on the path overflows. Returns the IP-layer bytes sent.
+pub fn send_udp(ns: &Netns, src: IpAddr, dst: SocketAddr, sizes: Vec<usize>) -> Result<u64> {
+    ns.run(move || {
+        let socket = UdpSocket::bind(SocketAddr::new(src, 0)).context("bind sender")?;
+        let buf = vec![0xa5u8; sizes.iter().copied().max().unwrap_or(0)];
+        let mut total = 0;
+        for (i, &size) in sizes.iter().enumerate() {
+            let sent = socket.send_to(&buf[..size], dst).context("send_to")?;
+            ensure!(sent == size, "short send {sent} of {size}");
+            total += udp_ip_len(&dst, size);
+            if i % 32 == 31 {
+                thread::sleep(Duration::from_micros(300));
+            }
+        }
+        Ok(total)
+    })
+}
+
+/// A UDP socket bound in a namespace so datagrams to it draw no ICMP error (which would be
+/// traffic of its own). It does not need to read: drops at a full socket happen after the router.
+pub struct UdpSink {
+    _socket: UdpSocket,
+    pub addr: SocketAddr,
+}
+
+impl UdpSink {
+    pub fn bind(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+        let socket = ns.run(move || UdpSocket::bind(addr).context("bind sink"))?;
+        let addr = socket.local_addr()?;
+        Ok(Self {
+            _socket: socket,
+            addr,
+        })
+    }
+}
+
+/// Sizes covering the extremes of one MTU: 0-byte payload, small, odd, full 1500-byte packets.
+pub fn mixed_sizes(count: usize, ipv6: bool) -> Vec<usize> {
+    let full = if ipv6 { 1452 } else { 1472 };
+    let pattern = [0, 1, 17, 64, 333, 512, 999, 1200, full];
+    (0..count).map(|i| pattern[i % pattern.len()]).collect()
+}
+
+/// Streams `bytes` over one TCP connection from `src` in `sender` to `dst` in `receiver` and
+/// returns once the receiver has read them all and both sides closed.
+pub fn tcp_bulk(
+    sender: &Netns,
+    src: IpAddr,
+    receiver: &Netns,
+    dst: SocketAddr,
+    bytes: u64,
+) -> Result<()> {
+    let listener = receiver.run(move || TcpListener::bind(dst).context("listen"))?;
+    let dst = listener.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = thread::spawn(move || -> Result<u64> {
+        let (mut stream, _) = listener.accept().context("accept")?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let n = stream.read(&mut buf).context("read")?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        let _ = tx.send(());
+        Ok(got)
+    });
+    sender.run(move || {
+        let socket = socket2_connect(src, dst)?;
+        let mut stream = socket;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            stream.write_all(&chunk[..n]).context("write")?;
+            left -= n as u64;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the receiver's FIN so every segment (and its ACK) has crossed the router.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest)?;
+        Ok(())
+    })?;
+    rx.recv_timeout(Duration::from_secs(60))
+        .context("receiver never finished")?;
+    let got = reader.join().expect("reader thread")?;
+    ensure!(got == bytes, "receiver got {got} of {bytes} bytes");
+    Ok(())
+}
+
+/// Connects from a chosen source address (std cannot bind before connect, so use raw libc).
+fn socket2_connect(src: IpAddr, dst: SocketAddr) -> Result<TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, socket,
+    };
+    let family = if dst.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).context("socket")?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(src, 0)),
+    )
+    .context("bind source")?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)).context("connect")?;
+    Ok(TcpStream::from(fd))
+}
+
+/// A namespace's IP-stack counters (`/proc/net/snmp` + `/proc/net/netstat`), read from inside it.
+///
+/// Used as the independent reference for GSO traffic: `InOctets` counts each received
+/// (super-)packet's IP length once, and the ECN counters count every *segment*
+/// (`max(1, gso_segs)`), so `InOctets + (segments - InReceives) x header length` is the IP-layer
+/// byte count of the segments on the wire.
+#[derive(Debug, Clone, Default)]
+pub struct IpStats(HashMap<String, u64>);
+
+impl IpStats {
+    pub fn read(ns: &Netns) -> Result<Self> {
+        ns.run(|| {
+            let mut map = HashMap::new();
+            for file in ["snmp", "netstat", "snmp6"] {
+                let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))?;
+                if file == "snmp6" {
+                    for line in text.lines() {
+                        let mut parts = line.split_whitespace();
+                        if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                            map.insert(k.to_owned(), v.parse().unwrap_or(0));
+                        }
+                    }
+                    continue;
+                }
+                let lines: Vec<_> = text.lines().collect();
+                for pair in lines.chunks(2) {
+                    let [header, values] = pair else { continue };
+                    let mut h = header.split_whitespace();
+                    let prefix = h.next().unwrap_or("").trim_end_matches(':').to_owned();
+                    for (k, v) in h.zip(values.split_whitespace().skip(1)) {
+                        map.insert(format!("{prefix}{k}"), v.parse().unwrap_or(0));
+                    }
+                }
+            }
+            Ok(Self(map))
+        })
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+
+    /// IPv4 (super-)packets received, their bytes, and the wire segments they stood for.
+    pub fn ipv4_in(&self) -> (u64, u64, u64) {
+        let segments = [
+            "IpExtInNoECTPkts",
+            "IpExtInECT1Pkts",
+            "IpExtInECT0Pkts",
+            "IpExtInCEPkts",
+        ]
+        .iter()
+        .map(|k| self.get(k))
+        .sum();
+        (
+            self.get("IpInReceives"),
+            self.get("IpExtInOctets"),
+            segments,
+        )
+    }
+
+    /// IPv6 unicast (super-)packets received, their bytes, and the wire segments they stood
+    /// for. Multicast (MLD reports, neighbour solicitations) is link chatter, not the flow.
+    pub fn ipv6_in(&self) -> (u64, u64, u64) {
+        let segments: u64 = [
+            "Ip6InNoECTPkts",
+            "Ip6InECT1Pkts",
+            "Ip6InECT0Pkts",
+            "Ip6InCEPkts",
+        ]
+        .iter()
+        .map(|k| self.get(k))
+        .sum();
+        let mcast = self.get("Ip6InMcastPkts");
+        (
+            self.get("Ip6InReceives") - mcast,
+            self.get("Ip6InOctets") - self.get("Ip6InMcastOctets"),
+            segments - mcast,
+        )
+    }
+}
+
+/// Counters as `eip-meter counters --json` prints them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub inbound_bytes: u64,
+    pub inbound_packets: u64,
+    pub outbound_bytes: u64,
+    pub outbound_packets: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CounterSnapshot {
+    pub eips: HashMap<IpAddr, Counts>,
+    pub non_eip: Counts,
+}
+
+impl CounterSnapshot {
+    pub fn parse(json: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(json).context("counters JSON")?;
+        let counts = |v: &serde_json::Value| -> Counts {
+            let f = |k: &str| v[k].as_u64().unwrap_or(0);
+            Counts {
+                inbound_bytes: f("inbound_bytes"),
+                inbound_packets: f("inbound_packets"),
+                outbound_bytes: f("outbound_bytes"),
+                outbound_packets: f("outbound_packets"),
+            }
+        };
+        let mut eips = HashMap::new();
+        for row in v["eips"].as_array().context("eips array")? {
+            let addr: IpAddr = row["eip"].as_str().context("eip")?.parse()?;
+            eips.insert(addr, counts(row));
+        }
+        Ok(Self {
+            eips,
+            non_eip: counts(&v["non_eip"]),
+        })
+    }
+
+    pub fn eip(&self, addr: IpAddr) -> Counts {
+        self.eips.get(&addr).copied().unwrap_or_default()
+    }
+}
+
+/// The `eip-meter` binary running in a namespace, with its config and log in a temp dir.
+pub struct Daemon {
+    binary: PathBuf,
+    child: Option<Child>,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    /// The daemon's pin directory, removed on drop whatever `on_exit` said.
+    pub pin_dir: PathBuf,
+    dir: PathBuf,
+    /// `ready` events in the log when the current process was spawned.
+    ready_events_at_spawn: usize,
+}
+
+impl Daemon {
+    /// Writes `config` and starts `binary run` inside `ns`; returns once every EIP in `expect`
+    /// shows in its counters (the programs are attached by then).
+    pub fn start(binary: &Path, ns: &Netns, config: &str, expect: &[IpAddr]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique_tag("d"));
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join("eip-meter.toml");
+        let log_path = dir.join("daemon.log");
+        std::fs::write(&config_path, config)?;
+        let parsed =
+            metering_daemon::config::Config::parse(config, &metering_daemon::config::AnyInterface)
+                .map_err(|p| anyhow::anyhow!("test config invalid: {p:?}"))?;
+        let mut daemon = Self {
+            binary: binary.to_owned(),
+            child: None,
+            config_path,
+            log_path,
+            pin_dir: parsed.dataplane.pin_dir(),
+            dir,
+            ready_events_at_spawn: 0,
+        };
+        daemon.spawn(ns)?;
+        daemon.wait_ready(Duration::from_secs(30))?;
+        daemon.wait_for_eips(expect, Duration::from_secs(5))?;
+        Ok(daemon)
+    }
+
+    /// Waits for the `ready` event of the latest start (logged once programs are attached).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let before = self.ready_events_at_spawn;
+        loop {
+            if self.log().matches(r#""message":"ready""#).count() > before {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("eip-meter exited with {status}; log:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "eip-meter not ready within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// (Re)starts the process with the current config file; see [`Daemon::wait_ready`].
+    pub fn spawn(&mut self, ns: &Netns) -> Result<()> {
+        self.ready_events_at_spawn = self.log().matches(r#""message":"ready""#).count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = ns
+            .command(&self.binary)?
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn eip-meter")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `eip-meter counters --json` against this daemon's pins.
+    pub fn counters(&self) -> Result<CounterSnapshot> {
+        let out = Command::new(&self.binary)
+            .args(["counters", "--json", "--config"])
+            .arg(&self.config_path)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "counters failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        CounterSnapshot::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Waits until the provisioned EIP set is exactly `expect`.
+    pub fn wait_for_eips(&mut self, expect: &[IpAddr], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut want: Vec<_> = expect.to_vec();
+        want.sort();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("eip-meter exited with {status}; log:\n{}", self.log());
+            }
+            if let Ok(snapshot) = self.counters() {
+                let mut have: Vec<_> = snapshot.eips.keys().copied().collect();
+                have.sort();
+                if have == want {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "EIPs {want:?} not provisioned within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Replaces the config file and sends SIGHUP.
+    pub fn reload(&mut self, config: &str) -> Result<()> {
+        std::fs::write(&self.config_path, config)?;
+        self.signal(nix::sys::signal::Signal::SIGHUP)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let pid = self.pid().context("not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait (at most 10 s) for a clean exit; returns its success.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("eip-meter ignored SIGTERM for 10 s; log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        // Removing a link's pin detaches it; removing a map's pin frees it.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

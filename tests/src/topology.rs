@@ -1,0 +1,202 @@
+//! The test topology: three namespaces joined by two veth pairs.
+//!
+//! ```text
+//!  internet                 router (eip-meter)                    tenant
+//!  inet0 192.0.2.2/24  ---  up0 192.0.2.1/24      dn0 198.51.100.1/24  ---  ten0 198.51.100.2/24
+//!        2001:db8:1::2/64       2001:db8:1::1/64      2001:db8:2::1/64           2001:db8:2::2/64
+//!                           (programs on up0)                          EIPs on lo: 203.0.113.x/32,
+//!                                                                      2001:db8:e1::x/128
+//! ```
+//! Inbound traffic enters the router on `up0` (TC ingress); outbound leaves on `up0` (TC egress).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::Result;
+
+use crate::Netns;
+
+pub const INTERNET_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const INTERNET_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const TENANT_LINK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const TENANT_LINK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
+/// The uplink the daemon attaches to.
+pub const UPLINK: &str = "up0";
+
+/// The `n`th IPv4 EIP (203.0.113.n).
+pub fn eip_v4(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, n))
+}
+
+/// The `n`th IPv6 EIP (2001:db8:e1::n).
+pub fn eip_v6(n: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xe1, 0, 0, 0, 0, n))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TopologyOptions {
+    /// Addresses the tenant owns (put on its loopback). They are EIPs only if the config says so.
+    pub tenant_addresses: Vec<IpAddr>,
+    /// Keep IPv6 on (the default turns it off so no neighbour discovery or MLD chatter adds
+    /// non-EIP traffic that an exact test would have to allow for).
+    pub ipv6: bool,
+}
+
+pub struct Topology {
+    pub internet: Netns,
+    pub router: Netns,
+    pub tenant: Netns,
+}
+
+impl Topology {
+    pub fn new(options: &TopologyOptions) -> Result<Self> {
+        let topo = Self {
+            internet: Netns::new("i")?,
+            router: Netns::new("r")?,
+            tenant: Netns::new("t")?,
+        };
+        for ns in [&topo.internet, &topo.router, &topo.tenant] {
+            let off = if options.ipv6 { "0" } else { "1" };
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", off)?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", off)?;
+            // Hosts on a router's link would solicit routers: chatter an exact test must not see.
+            ns.sysctl("net.ipv6.conf.default.router_solicitations", "0")?;
+            // Linux's defaults, pinned: the GSO reference assumes timestamps (32-byte TCP header).
+            ns.sysctl("net.ipv4.tcp_timestamps", "1")?;
+        }
+        // veth ends are created straight in their namespaces, so names never clash across tests.
+        crate::run_cmd(
+            "ip",
+            &[
+                "link",
+                "add",
+                UPLINK,
+                "netns",
+                topo.router.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "inet0",
+                "netns",
+                topo.internet.name(),
+            ],
+        )?;
+        crate::run_cmd(
+            "ip",
+            &[
+                "link",
+                "add",
+                "dn0",
+                "netns",
+                topo.router.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ten0",
+                "netns",
+                topo.tenant.name(),
+            ],
+        )?;
+        let i = &topo.internet;
+        let r = &topo.router;
+        let t = &topo.tenant;
+        i.ip(&["addr", "add", "192.0.2.2/24", "dev", "inet0"])?;
+        r.ip(&["addr", "add", "192.0.2.1/24", "dev", UPLINK])?;
+        r.ip(&["addr", "add", "198.51.100.1/24", "dev", "dn0"])?;
+        t.ip(&["addr", "add", "198.51.100.2/24", "dev", "ten0"])?;
+        if options.ipv6 {
+            i.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "inet0", "nodad"])?;
+            r.ip(&["addr", "add", "2001:db8:1::1/64", "dev", UPLINK, "nodad"])?;
+            r.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "dn0", "nodad"])?;
+            t.ip(&["addr", "add", "2001:db8:2::2/64", "dev", "ten0", "nodad"])?;
+        }
+        i.ip(&["link", "set", "inet0", "up"])?;
+        r.ip(&["link", "set", UPLINK, "up"])?;
+        r.ip(&["link", "set", "dn0", "up"])?;
+        t.ip(&["link", "set", "ten0", "up"])?;
+        r.sysctl("net.ipv4.ip_forward", "1")?;
+        i.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1"])?;
+        r.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.2"])?;
+        t.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+        if options.ipv6 {
+            r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            i.ip(&[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:e1::/48",
+                "via",
+                "2001:db8:1::1",
+            ])?;
+            i.ip(&[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:2::/64",
+                "via",
+                "2001:db8:1::1",
+            ])?;
+            r.ip(&[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:e1::/48",
+                "via",
+                "2001:db8:2::2",
+            ])?;
+            t.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
+            // Static neighbours: no solicitations crossing the links while a test measures.
+            for (ns, dev, addr, peer_ns, peer_dev) in [
+                (i, "inet0", "2001:db8:1::1", r, UPLINK),
+                (r, UPLINK, "2001:db8:1::2", i, "inet0"),
+                (r, "dn0", "2001:db8:2::2", t, "ten0"),
+                (t, "ten0", "2001:db8:2::1", r, "dn0"),
+            ] {
+                let mac = peer_ns.mac(peer_dev)?;
+                ns.ip(&[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    addr,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+        }
+        for addr in &options.tenant_addresses {
+            let prefix = if addr.is_ipv4() { "32" } else { "128" };
+            let cidr = format!("{addr}/{prefix}");
+            let mut args = vec!["addr", "add", cidr.as_str(), "dev", "lo"];
+            if addr.is_ipv6() {
+                args.push("nodad");
+            }
+            t.ip(&args)?;
+        }
+        Ok(topo)
+    }
+
+    /// A config for a daemon on this topology's uplink, with its own pin directory.
+    pub fn config(&self, eips: &[IpAddr], extra_dataplane: &str) -> String {
+        let mut s = format!(
+            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{}\"\n{extra_dataplane}\n",
+            self.router.name()
+        );
+        for eip in eips {
+            s.push_str(&format!("\n[[eip]]\naddress = \"{eip}\"\n"));
+        }
+        s
+    }
+
+    /// An "Internet" endpoint of the same family as `eip`.
+    pub fn internet_addr(eip: IpAddr, port: u16) -> SocketAddr {
+        match eip {
+            IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(INTERNET_V4), port),
+            IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(INTERNET_V6), port),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A million EIPs provisioned, one of them counted exactly.
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    time::Instant,
+};
+
+use eip_meter_tests::{
+    UdpSink, mixed_sizes, require_root, send_udp,
+    topology::{Topology, TopologyOptions, UPLINK, eip_v4},
+};
+use metering_daemon::{
+    config::{DataplaneConfig, OnExit},
+    dataplane::Dataplane,
+};
+
+#[test]
+fn one_million_eips_load_and_one_is_counted_exactly() {
+    require_root();
+    const EIPS: u32 = 1_000_000;
+    let eip = eip_v4(60);
+    let topo = Topology::new(&TopologyOptions {
+        tenant_addresses: vec![eip],
+        ipv6: false,
+    })
+    .unwrap();
+
+    // 999,999 IPv6 EIPs in 2001:db8:ffff::/48 plus the one IPv4 EIP that gets traffic.
+    let mut inventory: Vec<IpAddr> = (1..EIPS)
+        .map(|i| {
+            IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xffff,
+                0,
+                0,
+                0,
+                (i >> 16) as u16,
+                i as u16,
+            ))
+        })
+        .collect();
+    inventory.push(eip);
+
+    let mut config = DataplaneConfig::with_interfaces(vec![UPLINK.to_owned()]);
+    config.capacity = EIPS;
+    config.bpffs_root = "/sys/fs/bpf/eip-meter-test".into();
+    config.instance = topo.router.name().to_owned();
+    config.on_exit = OnExit::Detach;
+    let pin_dir = config.pin_dir();
+
+    // Attaching resolves the interface in the caller's namespace: do it all in the router's.
+    let dataplane = topo
+        .router
+        .run(move || {
+            let started = Instant::now();
+            let mut dp = Dataplane::load(&config)?;
+            let report = dp.apply_inventory(&inventory)?;
+            dp.attach()?;
+            eprintln!(
+                "provisioned {} EIPs in {:?}",
+                report.added,
+                started.elapsed()
+            );
+            Ok(dp)
+        })
+        .unwrap();
+    assert_eq!(dataplane.slots().len(), EIPS as usize);
+
+    let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(eip, 0)).unwrap();
+    let sent = send_udp(
+        &topo.internet,
+        Topology::internet_addr(eip, 0).ip(),
+        sink.addr,
+        mixed_sizes(500, false),
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    let counters = dataplane.read_counters().unwrap();
+    eprintln!(
+        "read {} EIPs' counters in {:?}",
+        counters.len(),
+        started.elapsed()
+    );
+    assert_eq!(counters.len(), EIPS as usize);
+    let (_, mine) = counters.iter().find(|(a, _)| *a == eip).unwrap();
+    assert_eq!((mine.inbound.bytes, mine.inbound.packets), (sent, 500));
+    let others: u64 = counters
+        .iter()
+        .filter(|(a, _)| *a != eip)
+        .map(|(_, c)| c.inbound.bytes + c.outbound.bytes)
+        .sum();
+    assert_eq!(others, 0, "idle EIPs stay at zero");
+    dataplane.shutdown().unwrap();
+    assert!(!pin_dir.exists());
+}
