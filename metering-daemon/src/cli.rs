@@ -40,6 +40,20 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RuleArg {
+    /// The larger of inbound and outbound.
+    Max,
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GbArg {
+    Decimal,
+    Binary,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon. SIGHUP re-reads the config and applies the EIP inventory; SIGTERM or
@@ -54,6 +68,34 @@ enum Command {
     Validate {
         #[arg(long, short, env = "EIP_METER_CONFIG")]
         config: PathBuf,
+    },
+    /// Recompute billing figures offline from raw 5-minute samples and print them as JSON.
+    ///
+    /// SAMPLES rows: `eip,interval_start,bytes_in,bytes_out[,host]` after a header line, with
+    /// `interval_start` in RFC 3339 with an offset. Rows of one EIP and interval from different
+    /// hosts are summed first. Any bad row (unaligned start, duplicate host, negative or
+    /// non-numeric count, malformed address) is reported with its line and nothing is printed
+    /// on stdout; the exit code is then 1.
+    Compute {
+        /// Samples CSV (`-` for stdin).
+        #[arg(long)]
+        samples: PathBuf,
+        /// IANA time zone whose days and months bill.
+        #[arg(long, default_value = crate::billing::calendar::DEFAULT_TIMEZONE)]
+        timezone: String,
+        /// Interval length in seconds (must divide a day).
+        #[arg(long, default_value_t = crate::billing::calendar::DEFAULT_INTERVAL_SECONDS)]
+        interval: u32,
+        /// Bandwidth history CSV: `eip,effective_from,bandwidth_mbps`. Enables the enhanced-95
+        /// baseline and billed peak.
+        #[arg(long)]
+        bandwidth_history: Option<PathBuf>,
+        /// Which direction makes an interval's billing sample.
+        #[arg(long, value_enum, default_value_t = RuleArg::Max)]
+        sample_rule: RuleArg,
+        /// GB of the outbound figures: 10^9 (decimal) or 2^30 (binary) bytes.
+        #[arg(long, value_enum, default_value_t = GbArg::Decimal)]
+        gb_unit: GbArg,
     },
     /// Print every EIP's counters from the pinned maps of a running (or kept) daemon.
     Counters {
@@ -121,6 +163,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Compute {
+            samples,
+            timezone,
+            interval,
+            bandwidth_history,
+            sample_rule,
+            gb_unit,
+        } => compute(
+            samples,
+            &timezone,
+            interval,
+            bandwidth_history,
+            sample_rule,
+            gb_unit,
+        ),
         Command::Counters { config, json } => {
             let c = load_config(&config, &AnyInterface)?;
             let pin_dir = c.dataplane.pin_dir();
@@ -182,5 +239,51 @@ async fn run_with_signals(path: PathBuf, initial: Config) -> anyhow::Result<()> 
     tokio::select! {
         result = crate::run(initial, reload_rx, shutdown) => result.map_err(Into::into),
         () = reloader => unreachable!("the SIGHUP stream never ends"),
+    }
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(std::io::BufReader::new(file)))
+}
+
+fn compute(
+    samples: PathBuf,
+    timezone: &str,
+    interval: u32,
+    bandwidth_history: Option<PathBuf>,
+    rule: RuleArg,
+    gb_unit: GbArg,
+) -> anyhow::Result<ExitCode> {
+    use crate::billing::{GbUnit, SampleRule, calendar::Calendar, replay, series::SeriesOptions};
+    let calendar = Calendar::new(timezone, interval)?;
+    let options = SeriesOptions {
+        rule: match rule {
+            RuleArg::Max => SampleRule::Max,
+            RuleArg::Inbound => SampleRule::Inbound,
+            RuleArg::Outbound => SampleRule::Outbound,
+        },
+        gb_unit: match gb_unit {
+            GbArg::Decimal => GbUnit::Decimal,
+            GbArg::Binary => GbUnit::Binary,
+        },
+    };
+    let history = bandwidth_history.as_deref().map(open_input).transpose()?;
+    match replay::compute(open_input(&samples)?, history, calendar, options) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s); no figures computed", errors.len());
+            Ok(ExitCode::FAILURE)
+        }
     }
 }

@@ -14,3 +14,4 @@ pub mod report;
 pub mod slots;
 
 pub use daemon::run;
+pub mod billing;

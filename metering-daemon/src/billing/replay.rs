@@ -1,0 +1,435 @@
+//! Offline replay (`eip-meter compute`): raw samples in CSV, billing figures out as JSON, so an
+//! auditor can recompute every figure from the samples alone.
+//!
+//! Samples: `eip,interval_start,bytes_in,bytes_out[,host]` after a header line; `interval_start`
+//! is RFC 3339 with an offset. Rows of the same EIP and interval from different hosts (the two
+//! routers of a dual-active pair) are summed before anything else; the same host twice is an
+//! error. Bandwidth history: `eip,effective_from,bandwidth_mbps`.
+//!
+//! Every problem is collected with its line number; if there is any, no figures are produced.
+//! Missing intervals are skipped: figures are taken over the samples present, and the gaps are
+//! counted as `missing_samples`.
+
+use std::{
+    collections::{BTreeMap, HashMap, hash_map::Entry},
+    io::Read,
+    net::IpAddr,
+};
+
+use chrono::DateTime;
+use serde::Serialize;
+
+use super::{
+    GbUnit, SampleRule, SampleState,
+    calendar::Calendar,
+    series::{BandwidthHistory, DayFigures, MonthFigures, Sample, Series, SeriesOptions},
+};
+
+/// One problem in an input file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputError {
+    pub file: &'static str,
+    pub line: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} line {}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// Figures of one EIP.
+#[derive(Debug, Default, Serialize)]
+pub struct EipFigures {
+    pub days: BTreeMap<String, DayFigures>,
+    pub months: BTreeMap<String, MonthFigures>,
+}
+
+/// The whole `compute` output.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub interval_seconds: u32,
+    pub timezone: &'static str,
+    pub sample_rule: SampleRule,
+    pub gb_unit: GbUnit,
+    /// How absent intervals are treated.
+    pub missing_policy: &'static str,
+    pub eips: BTreeMap<String, EipFigures>,
+}
+
+/// Sum of one interval over hosts, with where it came from.
+struct Cell {
+    inbound: u64,
+    outbound: u64,
+    hosts: HashMap<String, u64>,
+}
+
+/// Parses the samples, sums per interval over hosts, and computes every figure.
+pub fn compute(
+    samples_csv: impl Read,
+    bandwidth_csv: Option<impl Read>,
+    calendar: Calendar,
+    options: SeriesOptions,
+) -> Result<Report, Vec<InputError>> {
+    let mut errors = Vec::new();
+    let cells = read_samples(samples_csv, &calendar, &mut errors);
+    let bandwidth = match bandwidth_csv {
+        Some(r) => read_bandwidth(r, &mut errors),
+        None => HashMap::new(),
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    let mut by_eip: BTreeMap<IpAddr, Vec<(i64, u64, u64)>> = BTreeMap::new();
+    for ((eip, start), cell) in cells {
+        by_eip
+            .entry(eip)
+            .or_default()
+            .push((start, cell.inbound, cell.outbound));
+    }
+    let mut report = Report {
+        interval_seconds: calendar.interval(),
+        timezone: calendar.timezone(),
+        sample_rule: options.rule,
+        gb_unit: options.gb_unit,
+        missing_policy: "skip: figures over the samples present; gaps counted in missing_samples",
+        eips: BTreeMap::new(),
+    };
+    for (eip, mut rows) in by_eip {
+        rows.sort_unstable_by_key(|r| r.0);
+        let history = bandwidth.get(&eip).cloned().unwrap_or_default();
+        let mut series = Series::new(calendar, options, history);
+        for (start, inbound, outbound) in rows {
+            series
+                .push(Sample {
+                    start,
+                    inbound_bytes: inbound,
+                    outbound_bytes: outbound,
+                    state: SampleState::Measured,
+                })
+                .expect("rows are aligned, unique and sorted");
+        }
+        series.close();
+        let (days, months) = series.take_closed();
+        report.eips.insert(
+            eip.to_string(),
+            EipFigures {
+                days: days.into_iter().map(|(d, f)| (d.to_string(), f)).collect(),
+                months: months
+                    .into_iter()
+                    .map(|(m, f)| (m.to_string(), f))
+                    .collect(),
+            },
+        );
+    }
+    Ok(report)
+}
+
+fn reader(r: impl Read) -> csv::Reader<impl Read> {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_reader(r)
+}
+
+fn parse_eip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>()
+        .map(crate::config::normalize)
+        .map_err(|_| format!("`{s}` is not an IP address"))
+}
+
+fn parse_time(s: &str, what: &str) -> Result<i64, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp())
+        .map_err(|e| format!("{what} `{s}` is not RFC 3339 with an offset ({e})"))
+}
+
+fn parse_count(s: &str, what: &str) -> Result<u64, String> {
+    s.parse::<u64>().map_err(|_| {
+        if s.starts_with('-') {
+            format!("{what} `{s}` is negative")
+        } else {
+            format!("{what} `{s}` is not a whole number")
+        }
+    })
+}
+
+fn read_samples(
+    r: impl Read,
+    calendar: &Calendar,
+    errors: &mut Vec<InputError>,
+) -> BTreeMap<(IpAddr, i64), Cell> {
+    const FILE: &str = "samples";
+    let mut cells: BTreeMap<(IpAddr, i64), Cell> = BTreeMap::new();
+    for record in reader(r).records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                errors.push(InputError {
+                    file: FILE,
+                    line,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let mut fail = |message: String| {
+            errors.push(InputError {
+                file: FILE,
+                line,
+                message,
+            })
+        };
+        if !(4..=5).contains(&record.len()) {
+            fail(format!(
+                "expected eip,interval_start,bytes_in,bytes_out[,host], got {} fields",
+                record.len()
+            ));
+            continue;
+        }
+        let eip = parse_eip(&record[0]);
+        let start = parse_time(&record[1], "interval_start");
+        let inbound = parse_count(&record[2], "bytes_in");
+        let outbound = parse_count(&record[3], "bytes_out");
+        let host = record.get(4).unwrap_or("").to_owned();
+        let (eip, start, inbound, outbound) = match (eip, start, inbound, outbound) {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+            (a, b, c, d) => {
+                for e in [a.err(), b.err(), c.err(), d.err()].into_iter().flatten() {
+                    fail(e);
+                }
+                continue;
+            }
+        };
+        if !calendar.is_aligned(start) {
+            fail(format!(
+                "interval_start `{}` is not on a {} s boundary in {}",
+                &record[1],
+                calendar.interval(),
+                calendar.timezone()
+            ));
+            continue;
+        }
+        let cell = cells.entry((eip, start)).or_insert_with(|| Cell {
+            inbound: 0,
+            outbound: 0,
+            hosts: HashMap::new(),
+        });
+        match cell.hosts.entry(host) {
+            Entry::Occupied(first) => {
+                let host = if first.key().is_empty() {
+                    "(no host)".to_owned()
+                } else {
+                    first.key().clone()
+                };
+                fail(format!(
+                    "{eip} at {} from host {host} again (first on line {}): duplicate sample",
+                    &record[1],
+                    first.get()
+                ));
+            }
+            Entry::Vacant(v) => {
+                v.insert(line);
+                cell.inbound = cell.inbound.saturating_add(inbound);
+                cell.outbound = cell.outbound.saturating_add(outbound);
+            }
+        }
+    }
+    cells
+}
+
+fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, BandwidthHistory> {
+    const FILE: &str = "bandwidth history";
+    let mut changes: HashMap<IpAddr, Vec<(i64, u64)>> = HashMap::new();
+    for record in reader(r).records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                errors.push(InputError {
+                    file: FILE,
+                    line,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() != 3 {
+            errors.push(InputError {
+                file: FILE,
+                line,
+                message: format!(
+                    "expected eip,effective_from,bandwidth_mbps, got {} fields",
+                    record.len()
+                ),
+            });
+            continue;
+        }
+        match (
+            parse_eip(&record[0]),
+            parse_time(&record[1], "effective_from"),
+            parse_count(&record[2], "bandwidth_mbps"),
+        ) {
+            (Ok(eip), Ok(t), Ok(bw)) => changes.entry(eip).or_default().push((t, bw)),
+            (a, b, c) => {
+                for message in [a.err(), b.err(), c.err()].into_iter().flatten() {
+                    errors.push(InputError {
+                        file: FILE,
+                        line,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+    changes
+        .into_iter()
+        .map(|(eip, c)| (eip, BandwidthHistory::new(c)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cal() -> Calendar {
+        Calendar::new("Asia/Shanghai", 300).unwrap()
+    }
+
+    fn run(samples: &str, bw: Option<&str>) -> Result<Report, Vec<InputError>> {
+        compute(
+            samples.as_bytes(),
+            bw.map(str::as_bytes),
+            cal(),
+            SeriesOptions::default(),
+        )
+    }
+
+    fn errors(samples: &str) -> Vec<String> {
+        run(samples, None)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn two_routers_are_summed_before_the_percentile() {
+        // Each router alone carries 60 Mbit/s; together 120: the peak is 120, not 60.
+        let bytes = 60 * 1_000_000 * 300 / 8;
+        let mut csv = String::from("eip,interval_start,bytes_in,bytes_out,host\n");
+        for i in 0..5 {
+            let t = format!("2026-11-01T00:{:02}:00+08:00", i * 5);
+            csv += &format!("203.0.113.10,{t},{bytes},0,r1\n203.0.113.10,{t},{bytes},0,r2\n");
+        }
+        let r = run(&csv, None).unwrap();
+        let day = &r.eips["203.0.113.10"].days["2026-11-01"];
+        assert_eq!(
+            (day.samples, day.enhanced_peak_mbps, day.inbound_bytes),
+            (5, 120, 10 * bytes)
+        );
+    }
+
+    #[test]
+    fn rows_in_any_order_give_the_same_figures() {
+        let sorted = "eip,interval_start,bytes_in,bytes_out\n203.0.113.1,2026-11-01T00:00:00+08:00,10,20\n203.0.113.1,2026-11-01T00:05:00+08:00,30,40\n";
+        let shuffled = "eip,interval_start,bytes_in,bytes_out\n203.0.113.1,2026-10-31T16:05:00Z,30,40\n203.0.113.1,2026-11-01T00:00:00+08:00,10,20\n";
+        let a = serde_json::to_string(&run(sorted, None).unwrap()).unwrap();
+        let b = serde_json::to_string(&run(shuffled, None).unwrap()).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn every_bad_row_is_named_and_nothing_is_computed() {
+        let e = errors(
+            "eip,interval_start,bytes_in,bytes_out,host\n\
+             203.0.113.1,2026-11-01T00:00:00+08:00,10,20,r1\n\
+             203.0.113.1,2026-11-01T00:00:00+08:00,10,20,r1\n\
+             203.0.113.1,2026-11-01T00:01:00+08:00,10,20,r1\n\
+             203.0.113.1,2026-11-01T00:10:00+08:00,-5,20,r1\n\
+             203.0.113.1,2026-11-01T00:15:00+08:00,ten,20,r1\n\
+             203.0.113.999,2026-11-01T00:20:00+08:00,1,2,r1\n\
+             203.0.113.1,2026-11-01 00:25:00,1,2,r1\n\
+             203.0.113.1,2026-11-01T00:30:00+08:00,1\n",
+        );
+        assert_eq!(e.len(), 7, "{e:#?}");
+        assert!(e[0].starts_with("samples line 3: 203.0.113.1 at 2026-11-01T00:00:00+08:00 from host r1 again (first on line 2)"), "{}", e[0]);
+        assert!(e[1].starts_with("samples line 4: interval_start `2026-11-01T00:01:00+08:00` is not on a 300 s boundary"), "{}", e[1]);
+        assert_eq!(e[2], "samples line 5: bytes_in `-5` is negative");
+        assert_eq!(e[3], "samples line 6: bytes_in `ten` is not a whole number");
+        assert_eq!(e[4], "samples line 7: `203.0.113.999` is not an IP address");
+        assert!(
+            e[5].starts_with(
+                "samples line 8: interval_start `2026-11-01 00:25:00` is not RFC 3339"
+            ),
+            "{}",
+            e[5]
+        );
+        assert!(e[6].starts_with("samples line 9: expected eip,interval_start,bytes_in,bytes_out[,host], got 3 fields"), "{}", e[6]);
+    }
+
+    #[test]
+    fn bandwidth_history_gives_baseline_and_billed_peak() {
+        let samples = "eip,interval_start,bytes_in,bytes_out\n2001:db8::1,2026-11-01T12:00:00+08:00,0,37500000\n";
+        let bw = "eip,effective_from,bandwidth_mbps\n2001:db8::1,2026-11-01T09:00:00+08:00,100\n2001:db8::1,2026-11-01T10:00:00+08:00,300\n2001:db8::1,2026-11-01T11:00:00+08:00,200\n";
+        let r = run(samples, Some(bw)).unwrap();
+        let m = &r.eips["2001:db8::1"].months["2026-11"];
+        // One sample of 1 Mbit/s; baseline 20% x 300 = 60 beats it.
+        assert_eq!(
+            (
+                m.enhanced_avg_peak_mbps,
+                m.baseline_mbps,
+                m.billed_peak_mbps
+            ),
+            (1, Some(60), Some(60))
+        );
+        assert_eq!(
+            r.eips["2001:db8::1"].days["2026-11-01"].max_bandwidth_mbps,
+            Some(300)
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let r = run(
+            "eip,interval_start,bytes_in,bytes_out\n203.0.113.10,2026-11-01T00:00:00+08:00,1,2\n",
+            None,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["interval_seconds"], 300);
+        assert_eq!(v["timezone"], "Asia/Shanghai");
+        let day = &v["eips"]["203.0.113.10"]["days"]["2026-11-01"];
+        for k in [
+            "samples",
+            "inbound_bytes",
+            "outbound_bytes",
+            "enhanced_peak_mbps",
+            "p95_bps",
+        ] {
+            assert!(day[k].is_u64(), "day.{k}");
+        }
+        let month = &v["eips"]["203.0.113.10"]["months"]["2026-11"];
+        for k in [
+            "samples",
+            "inbound_bytes",
+            "outbound_bytes",
+            "enhanced_avg_peak_mbps",
+            "p95_bps",
+        ] {
+            assert!(month[k].is_u64(), "month.{k}");
+        }
+        assert!(month["in_use_days"].is_f64());
+        assert!(
+            month.get("baseline_mbps").is_none(),
+            "only with a bandwidth history"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The `k` largest values seen, in `O(k)` memory: a min-heap whose root is the smallest kept.
+
+use std::{cmp::Reverse, collections::BinaryHeap};
+
+/// Serialized as `{"k": .., "values": [..]}` (the heap order is not part of the state).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "TopKState", into = "TopKState")]
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Reverse<u64>>,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k.min(1024)),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.k
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    pub fn push(&mut self, value: u64) {
+        if self.heap.len() < self.k {
+            self.heap.push(Reverse(value));
+        } else if let Some(mut smallest) = self.heap.peek_mut()
+            && value > smallest.0
+        {
+            *smallest = Reverse(value);
+        }
+    }
+
+    /// The smallest value kept: with `k` = 5, the 5th highest of all (or the smallest of all
+    /// when fewer than 5 were pushed).
+    pub fn min_kept(&self) -> Option<u64> {
+        self.heap.peek().map(|r| r.0)
+    }
+
+    /// The `n`th largest value pushed (1-based). `None` if `n` is 0, more than were pushed, or
+    /// beyond `k` (the caller sized `k` too small: a bug, not a data problem).
+    pub fn nth_largest(&self, n: usize) -> Option<u64> {
+        if n == 0 || n > self.heap.len() {
+            return None;
+        }
+        let mut values: Vec<u64> = self.heap.iter().map(|r| r.0).collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values.get(n - 1).copied()
+    }
+
+    /// The kept values, largest first.
+    pub fn sorted_desc(&self) -> Vec<u64> {
+        let mut values: Vec<u64> = self.heap.iter().map(|r| r.0).collect();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        values
+    }
+}
+
+/// Equal when they keep the same values (heap layout aside).
+impl PartialEq for TopK {
+    fn eq(&self, other: &Self) -> bool {
+        self.k == other.k && self.sorted_desc() == other.sorted_desc()
+    }
+}
+impl Eq for TopK {}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TopKState {
+    k: usize,
+    values: Vec<u64>,
+}
+
+impl From<TopK> for TopKState {
+    fn from(t: TopK) -> Self {
+        Self {
+            k: t.k,
+            values: t.heap.into_iter().map(|r| r.0).collect(),
+        }
+    }
+}
+
+impl From<TopKState> for TopK {
+    fn from(s: TopKState) -> Self {
+        let mut t = TopK::new(s.k);
+        for v in s.values {
+            t.push(v);
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_largest_with_ties() {
+        let mut t = TopK::new(3);
+        for v in [5, 1, 9, 9, 3, 7, 9] {
+            t.push(v);
+        }
+        assert_eq!(t.sorted_desc(), vec![9, 9, 9]);
+        assert_eq!(t.nth_largest(3), Some(9));
+        assert_eq!(t.nth_largest(4), None);
+    }
+
+    #[test]
+    fn min_kept_is_the_kth_largest() {
+        let mut t = TopK::new(5);
+        for v in 1..=100 {
+            t.push(v);
+        }
+        assert_eq!(t.min_kept(), Some(96));
+        let mut few = TopK::new(5);
+        few.push(4);
+        few.push(2);
+        assert_eq!(few.min_kept(), Some(2));
+    }
+}
