@@ -112,7 +112,7 @@ pub fn compute(
                 .expect("rows are aligned, unique and sorted");
         }
         series.close();
-        let (days, months) = series.take_closed();
+        let super::series::Closed { days, months } = series.take_closed();
         report.eips.insert(
             eip.to_string(),
             EipFigures {

@@ -174,6 +174,13 @@ struct MonthState {
     daily_bandwidths_mbps: Vec<u64>,
 }
 
+/// Days and months whose figures are final.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Closed {
+    pub days: Vec<(NaiveDate, DayFigures)>,
+    pub months: Vec<(Month, MonthFigures)>,
+}
+
 /// The streaming state of one series. Serializable, so a restart resumes the open day and month.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Series {
@@ -377,11 +384,11 @@ impl Series {
     }
 
     /// Takes the days and months closed so far.
-    pub fn take_closed(&mut self) -> (Vec<(NaiveDate, DayFigures)>, Vec<(Month, MonthFigures)>) {
-        (
-            std::mem::take(&mut self.closed_days),
-            std::mem::take(&mut self.closed_months),
-        )
+    pub fn take_closed(&mut self) -> Closed {
+        Closed {
+            days: std::mem::take(&mut self.closed_days),
+            months: std::mem::take(&mut self.closed_months),
+        }
     }
 }
 
@@ -422,16 +429,20 @@ mod tests {
         mbps * BPS_PER_MBPS * 300 / 8
     }
 
-    fn run(
-        samples: &[Sample],
-        bw: BandwidthHistory,
-    ) -> (Vec<(NaiveDate, DayFigures)>, Vec<(Month, MonthFigures)>) {
+    type Figures = (Vec<(NaiveDate, DayFigures)>, Vec<(Month, MonthFigures)>);
+    type NaiveFigures = (
+        BTreeMap<NaiveDate, (u64, u64, u64)>,
+        BTreeMap<Month, (u64, u64, u64, u32)>,
+    );
+
+    fn run(samples: &[Sample], bw: BandwidthHistory) -> Figures {
         let mut s = Series::new(cal(), SeriesOptions::default(), bw);
         for x in samples {
             s.push(*x).unwrap();
         }
         s.close();
-        s.take_closed()
+        let closed = s.take_closed();
+        (closed.days, closed.months)
     }
 
     #[test]
@@ -512,7 +523,7 @@ mod tests {
             .push(sample(T0, bytes_for_mbps(5), bytes_for_mbps(8)))
             .unwrap();
         inbound_only.close();
-        assert_eq!(inbound_only.take_closed().0[0].1.enhanced_peak_mbps, 5);
+        assert_eq!(inbound_only.take_closed().days[0].1.enhanced_peak_mbps, 5);
     }
 
     #[test]
@@ -558,7 +569,7 @@ mod tests {
             Err(SeriesError::Unaligned { .. })
         ));
         s.close();
-        assert_eq!(s.take_closed().0[0].1.inbound_bytes, 1);
+        assert_eq!(s.take_closed().days[0].1.inbound_bytes, 1);
     }
 
     #[test]
@@ -603,13 +614,7 @@ mod tests {
     // ---- property tests against the naive rules -------------------------------------------
 
     /// Naive figures: group every sample by local day and month, sort, apply the rules.
-    fn naive(
-        samples: &[Sample],
-        interval: u32,
-    ) -> (
-        BTreeMap<NaiveDate, (u64, u64, u64)>,
-        BTreeMap<Month, (u64, u64, u64, u32)>,
-    ) {
+    fn naive(samples: &[Sample], interval: u32) -> NaiveFigures {
         let cal = Calendar::new("Asia/Shanghai", interval).unwrap();
         let mut by_day: BTreeMap<NaiveDate, Vec<u64>> = BTreeMap::new();
         let mut out_by_day: BTreeMap<NaiveDate, u64> = BTreeMap::new();
@@ -697,7 +702,7 @@ mod tests {
                 s.push(*x).unwrap();
             }
             s.close();
-            let (days, months) = s.take_closed();
+            let Closed { days, months } = s.take_closed();
             let (naive_days, naive_months) = naive(&samples, interval);
             prop_assert_eq!(days.len(), naive_days.len());
             for (d, f) in &days {
