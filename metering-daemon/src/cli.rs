@@ -97,6 +97,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = GbArg::Decimal)]
         gb_unit: GbArg,
     },
+    /// Export the raw samples of the sample store as CSV (the input of `compute`), for audits.
+    Samples {
+        #[arg(long, short, env = "EIP_METER_CONFIG")]
+        config: PathBuf,
+    },
     /// Print every EIP's counters from the pinned maps of a running (or kept) daemon.
     Counters {
         /// Config of the daemon whose maps to read (its pin directory is used).
@@ -178,6 +183,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             sample_rule,
             gb_unit,
         ),
+        Command::Samples { config } => {
+            let c = load_config(&config, &AnyInterface)?;
+            let path = c.sampler.store_path();
+            anyhow::ensure!(path.exists(), "no sample store at {}", path.display());
+            let store = crate::store::Store::open(&path)?;
+            let stdout = std::io::stdout();
+            let n = store.export_samples(std::io::BufWriter::new(stdout.lock()))?;
+            info!(samples = n, store = %path.display(), "exported");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Counters { config, json } => {
             let c = load_config(&config, &AnyInterface)?;
             let pin_dir = c.dataplane.pin_dir();

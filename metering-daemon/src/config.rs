@@ -13,6 +13,11 @@ use std::{
 };
 
 use metering_common::PIN_LAYOUT_VERSION;
+
+use crate::billing::{
+    GbUnit, SampleRule,
+    calendar::{Calendar, DEFAULT_INTERVAL_SECONDS, DEFAULT_TIMEZONE},
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -29,7 +34,56 @@ pub const DEFAULT_INSTANCE: &str = "default";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub dataplane: DataplaneConfig,
+    pub sampler: SamplerConfig,
     pub eips: Vec<EipConfig>,
+}
+
+/// Default directory of the sample store.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/eip-meter";
+
+/// How and where billing samples are taken and kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SamplerConfig {
+    /// Sampling interval (default 300 s; must divide a day).
+    pub interval_seconds: u32,
+    /// IANA time zone of billing days and months (default Asia/Shanghai).
+    pub timezone: String,
+    /// Directory of the SQLite sample store `samples.db` (default /var/lib/eip-meter).
+    pub state_dir: PathBuf,
+    /// Name of this router in the samples (default: the host name).
+    pub host: String,
+    pub sample_rule: SampleRule,
+    pub gb_unit: GbUnit,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            interval_seconds: DEFAULT_INTERVAL_SECONDS,
+            timezone: DEFAULT_TIMEZONE.to_owned(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            host: default_host(),
+            sample_rule: SampleRule::default(),
+            gb_unit: GbUnit::default(),
+        }
+    }
+}
+
+impl SamplerConfig {
+    pub fn calendar(&self) -> Calendar {
+        Calendar::new(&self.timezone, self.interval_seconds).expect("validated")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("samples.db")
+    }
+}
+
+fn default_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Where and how the data plane is loaded.
@@ -72,6 +126,17 @@ impl DataplaneConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EipConfig {
     pub address: IpAddr,
+    /// Purchased bandwidth in Mbit/s (for the enhanced-95 baseline).
+    pub bandwidth_mbps: Option<u64>,
+}
+
+impl EipConfig {
+    pub fn new(address: IpAddr) -> Self {
+        Self {
+            address,
+            bandwidth_mbps: None,
+        }
+    }
 }
 
 /// What the daemon leaves behind when it stops.
@@ -106,6 +171,8 @@ pub enum AttachMode {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub sampler: Option<Spanned<SamplerSection>>,
     /// The EIP inventory, one `[[eip]]` table each.
     #[serde(default, rename = "eip")]
     pub eips: Vec<EipSection>,
@@ -134,12 +201,32 @@ pub struct DataplaneSection {
     pub attach_mode: Option<Spanned<AttachMode>>,
 }
 
+/// `[sampler]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSection {
+    /// Seconds, dividing 86400 (default 300).
+    pub interval_seconds: Option<u32>,
+    /// IANA name (default "Asia/Shanghai").
+    pub timezone: Option<String>,
+    /// Absolute directory (default "/var/lib/eip-meter").
+    pub state_dir: Option<PathBuf>,
+    /// This router's name in the samples (default: the host name).
+    pub host: Option<String>,
+    /// "max" (default), "inbound" or "outbound".
+    pub sample_rule: Option<SampleRule>,
+    /// "decimal" (10^9 bytes, default) or "binary" (2^30).
+    pub gb_unit: Option<GbUnit>,
+}
+
 /// `[[eip]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EipSection {
     /// The EIP, IPv4 or IPv6.
     pub address: Spanned<IpAddr>,
+    /// Purchased bandwidth, Mbit/s.
+    pub bandwidth_mbps: Option<Spanned<u64>>,
 }
 
 // ---- Errors ------------------------------------------------------------------------------
@@ -312,6 +399,33 @@ impl Config {
             );
         }
 
+        let mut sampler = SamplerConfig::default();
+        if let Some(section) = &file.sampler {
+            let span = section.span();
+            let section = section.get_ref();
+            sampler.interval_seconds = section.interval_seconds.unwrap_or(sampler.interval_seconds);
+            sampler.timezone = section.timezone.clone().unwrap_or(sampler.timezone);
+            sampler.state_dir = section.state_dir.clone().unwrap_or(sampler.state_dir);
+            sampler.host = section.host.clone().unwrap_or(sampler.host);
+            sampler.sample_rule = section.sample_rule.unwrap_or_default();
+            sampler.gb_unit = section.gb_unit.unwrap_or_default();
+            if let Err(e) = Calendar::new(&sampler.timezone, sampler.interval_seconds) {
+                problem(span.clone(), format!("[sampler]: {e}"));
+            }
+            if !sampler.state_dir.is_absolute() {
+                problem(
+                    span.clone(),
+                    "[sampler]: state_dir must be an absolute path".to_owned(),
+                );
+            }
+            if sampler.host.is_empty() || sampler.host.contains([',', '\n', '"']) {
+                problem(
+                    span,
+                    "[sampler]: host must be non-empty, without commas or quotes".to_owned(),
+                );
+            }
+        }
+
         let mut seen_eip: HashMap<IpAddr, Range<usize>> = HashMap::new();
         for eip in &file.eips {
             let addr = normalize(*eip.address.get_ref());
@@ -330,6 +444,11 @@ impl Config {
                 );
             } else {
                 seen_eip.insert(addr, eip.address.span());
+            }
+            if let Some(bw) = &eip.bandwidth_mbps
+                && *bw.get_ref() == 0
+            {
+                problem(bw.span(), "bandwidth_mbps must be at least 1".to_owned());
             }
         }
         if (1..=MAX_CAPACITY).contains(&capacity) && file.eips.len() > capacity as usize {
@@ -351,11 +470,13 @@ impl Config {
                 on_exit,
                 attach_mode,
             },
+            sampler,
             eips: file
                 .eips
                 .into_iter()
                 .map(|e| EipConfig {
                     address: normalize(e.address.into_inner()),
+                    bandwidth_mbps: e.bandwidth_mbps.map(Spanned::into_inner),
                 })
                 .collect(),
         })
@@ -447,8 +568,15 @@ instance = "edge-1"
 on_exit = "keep"
 attach_mode = "tcx"
 
+[sampler]
+interval_seconds = 60
+timezone = "UTC"
+state_dir = "/tmp/x"
+host = "r1"
+
 [[eip]]
 address = "203.0.113.10"
+bandwidth_mbps = 300
 
 [[eip]]
 address = "2001:db8::10"
@@ -463,6 +591,9 @@ address = "::ffff:198.51.100.7"
         assert_eq!(c.dataplane.on_exit, OnExit::Keep);
         assert_eq!(c.dataplane.attach_mode, AttachMode::Tcx);
         assert_eq!(c.eips.len(), 3);
+        assert_eq!(c.eips[0].bandwidth_mbps, Some(300));
+        assert_eq!(c.sampler.interval_seconds, 60);
+        assert_eq!(c.sampler.timezone, "UTC");
         assert_eq!(c.eips[2].address, "198.51.100.7".parse::<IpAddr>().unwrap());
     }
 
@@ -528,6 +659,18 @@ address = "::ffff:198.51.100.7"
             DataplaneConfig::with_interfaces(vec!["eth0".into()])
         );
         assert_eq!(c.eips.len(), 2);
+    }
+
+    #[test]
+    fn bad_sampler_settings_are_located() {
+        let p = problems(
+            "[dataplane]\ninterfaces = [\"eth0\"]\n[sampler]\ntimezone = \"Mars/Base\"\ninterval_seconds = 7\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("line 3, column 1: [sampler]: unknown time zone `Mars/Base`"),
+            "{p:?}"
+        );
     }
 
     #[test]

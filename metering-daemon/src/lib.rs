@@ -11,7 +11,9 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod report;
+pub mod sampler;
 pub mod slots;
+pub mod store;
 
 pub use daemon::run;
 pub mod billing;

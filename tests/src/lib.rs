@@ -423,6 +423,8 @@ pub struct Daemon {
     pub log_path: PathBuf,
     /// The daemon's pin directory, removed on drop whatever `on_exit` said.
     pub pin_dir: PathBuf,
+    /// The daemon's sample store directory, removed on drop.
+    pub state_dir: PathBuf,
     dir: PathBuf,
     /// `ready` events in the log when the current process was spawned.
     ready_events_at_spawn: usize,
@@ -446,6 +448,7 @@ impl Daemon {
             config_path,
             log_path,
             pin_dir: parsed.dataplane.pin_dir(),
+            state_dir: parsed.sampler.state_dir.clone(),
             dir,
             ready_events_at_spawn: 0,
         };
@@ -547,6 +550,22 @@ impl Daemon {
         }
     }
 
+    /// Runs another `eip-meter` subcommand against this daemon's config; returns its stdout.
+    pub fn subcommand(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "eip-meter {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Replaces the config file and sends SIGHUP.
     pub fn reload(&mut self, config: &str) -> Result<()> {
         std::fs::write(&self.config_path, config)?;
@@ -597,6 +616,7 @@ impl Drop for Daemon {
         let _ = self.stop();
         // Removing a link's pin detaches it; removing a map's pin frees it.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

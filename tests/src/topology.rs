@@ -180,11 +180,24 @@ impl Topology {
         Ok(topo)
     }
 
-    /// A config for a daemon on this topology's uplink, with its own pin directory.
+    /// A config for a daemon on this topology's uplink, with its own pin directory and sample
+    /// store.
     pub fn config(&self, eips: &[IpAddr], extra_dataplane: &str) -> String {
+        self.config_with(eips, extra_dataplane, "")
+    }
+
+    /// [`Topology::config`] with extra `[sampler]` lines (e.g. a short interval).
+    pub fn config_with(
+        &self,
+        eips: &[IpAddr],
+        extra_dataplane: &str,
+        extra_sampler: &str,
+    ) -> String {
+        let state_dir = std::env::temp_dir().join(format!("{}-state", self.router.name()));
         let mut s = format!(
-            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{}\"\n{extra_dataplane}\n",
-            self.router.name()
+            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{}\"\n{extra_dataplane}\n\n[sampler]\nstate_dir = \"{}\"\nhost = \"router-a\"\n{extra_sampler}\n",
+            self.router.name(),
+            state_dir.display()
         );
         for eip in eips {
             s.push_str(&format!("\n[[eip]]\naddress = \"{eip}\"\n"));

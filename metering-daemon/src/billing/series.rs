@@ -62,6 +62,23 @@ impl BandwidthHistory {
         self.0.is_empty()
     }
 
+    /// Records a change at `at` (ignored if the bandwidth is unchanged).
+    pub fn push(&mut self, at: i64, mbps: u64) {
+        if self.0.last().is_some_and(|&(_, v)| v == mbps) {
+            return;
+        }
+        let i = self.0.partition_point(|&(t, _)| t <= at);
+        self.0.insert(i, (at, mbps));
+    }
+
+    /// Drops changes that no longer matter from `t` on (keeps the one in effect at `t`).
+    pub fn prune_before(&mut self, t: i64) {
+        let in_effect = self.0.partition_point(|&(c, _)| c <= t);
+        if in_effect > 1 {
+            self.0.drain(..in_effect - 1);
+        }
+    }
+
     /// The largest bandwidth in effect at any moment of `[start, end)`; `None` if none was set.
     pub fn largest_in(&self, start: i64, end: i64) -> Option<u64> {
         let in_effect_at_start = self
@@ -233,6 +250,11 @@ impl Series {
         self.bandwidth = bandwidth;
     }
 
+    /// Records a bandwidth change observed live.
+    pub fn record_bandwidth(&mut self, at: i64, mbps: u64) {
+        self.bandwidth.push(at, mbps);
+    }
+
     /// Adds one interval. Intervals skipped since the last one count as missing.
     pub fn push(&mut self, sample: Sample) -> Result<(), SeriesError> {
         let cal = self.cal();
@@ -375,6 +397,9 @@ impl Series {
                 .map(|_| rules::billed_peak_mbps(average, baseline).unwrap_or(0)),
         };
         self.closed_months.push((month.month, figures));
+        // The history before this month can no longer change a figure.
+        let (_, end) = cal.month_bounds(month.month);
+        self.bandwidth.prune_before(end);
     }
 
     /// Closes the open day and month (end of input, or the EIP was deleted).
