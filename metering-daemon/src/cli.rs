@@ -90,6 +90,11 @@ enum Command {
         /// baseline and billed peak.
         #[arg(long)]
         bandwidth_history: Option<PathBuf>,
+        /// Shared bandwidths CSV: `eip,group`. Adds a `groups` section whose figures come from
+        /// the group's EIPs summed per interval; a group's bandwidth history rows use the group
+        /// name in the `eip` column.
+        #[arg(long)]
+        groups: Option<PathBuf>,
         /// Which direction makes an interval's billing sample.
         #[arg(long, value_enum, default_value_t = RuleArg::Max)]
         sample_rule: RuleArg,
@@ -173,16 +178,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             timezone,
             interval,
             bandwidth_history,
+            groups,
             sample_rule,
             gb_unit,
-        } => compute(
+        } => compute(ComputeArgs {
             samples,
-            &timezone,
+            timezone,
             interval,
             bandwidth_history,
-            sample_rule,
+            groups,
+            rule: sample_rule,
             gb_unit,
-        ),
+        }),
         Command::Samples { config } => {
             let c = load_config(&config, &AnyInterface)?;
             let path = c.sampler.store_path();
@@ -266,16 +273,28 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
     Ok(Box::new(std::io::BufReader::new(file)))
 }
 
-fn compute(
+struct ComputeArgs {
     samples: PathBuf,
-    timezone: &str,
+    timezone: String,
     interval: u32,
     bandwidth_history: Option<PathBuf>,
+    groups: Option<PathBuf>,
     rule: RuleArg,
     gb_unit: GbArg,
-) -> anyhow::Result<ExitCode> {
+}
+
+fn compute(args: ComputeArgs) -> anyhow::Result<ExitCode> {
     use crate::billing::{GbUnit, SampleRule, calendar::Calendar, replay, series::SeriesOptions};
-    let calendar = Calendar::new(timezone, interval)?;
+    let ComputeArgs {
+        samples,
+        timezone,
+        interval,
+        bandwidth_history,
+        groups,
+        rule,
+        gb_unit,
+    } = args;
+    let calendar = Calendar::new(&timezone, interval)?;
     let options = SeriesOptions {
         rule: match rule {
             RuleArg::Max => SampleRule::Max,
@@ -288,7 +307,8 @@ fn compute(
         },
     };
     let history = bandwidth_history.as_deref().map(open_input).transpose()?;
-    match replay::compute(open_input(&samples)?, history, calendar, options) {
+    let groups = groups.as_deref().map(open_input).transpose()?;
+    match replay::compute_with_groups(open_input(&samples)?, history, groups, calendar, options) {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)

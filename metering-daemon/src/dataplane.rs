@@ -369,13 +369,27 @@ impl Dataplane {
         Ok(last)
     }
 
-    /// Current counters of every provisioned EIP.
+    /// Current counters of every provisioned EIP, read in batches (one syscall per
+    /// [`BATCH_SLOTS`] slots) where the kernel supports it.
     pub fn read_counters(&self) -> Result<Vec<(IpAddr, TrafficCounters)>, DataplaneError> {
-        let counters = self.counters_map()?;
-        self.slots
-            .iter()
-            .map(|(addr, slot)| Ok((addr, read_slot(&counters, slot)?)))
-            .collect()
+        let Some(Map::PerCpuArray(data)) = self.ebpf.map(MAP_EIP_COUNTERS) else {
+            unreachable!("EIP_COUNTERS is a per-CPU array");
+        };
+        match read_all_slots(data, self.config.capacity, self.nr_cpus) {
+            Ok(all) => Ok(self
+                .slots
+                .iter()
+                .map(|(addr, slot)| (addr, all[slot as usize]))
+                .collect()),
+            Err(e) => {
+                debug!(error = %e, "batch lookup unavailable; reading slot by slot");
+                let counters = self.counters_map()?;
+                self.slots
+                    .iter()
+                    .map(|(addr, slot)| Ok((addr, read_slot(&counters, slot)?)))
+                    .collect()
+            }
+        }
     }
 
     /// Counters of traffic whose address is no EIP.
@@ -499,6 +513,96 @@ fn read_slot_entries<T: std::borrow::Borrow<MapData>>(
         }
     }
     Ok(out)
+}
+
+/// Slots read per `BPF_MAP_LOOKUP_BATCH` call.
+pub const BATCH_SLOTS: u32 = 8192;
+
+/// `union bpf_attr` as used by the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Every slot of a per-CPU counter array, summed over CPUs, with `BPF_MAP_LOOKUP_BATCH`
+/// (kernel >= 5.6): 1,000,000 slots in ~120 syscalls instead of 1,000,000. aya 0.14 has no
+/// wrapper for batch operations, hence the raw syscall.
+fn read_all_slots(
+    map: &MapData,
+    capacity: u32,
+    nr_cpus: usize,
+) -> io::Result<Vec<TrafficCounters>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const VALUE: usize = std::mem::size_of::<TrafficCounters>(); // a multiple of 8: no padding
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut out = vec![TrafficCounters::default(); capacity as usize];
+    let mut keys = vec![0u32; BATCH_SLOTS as usize];
+    let mut values = vec![0u8; BATCH_SLOTS as usize * nr_cpus * VALUE];
+    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u32 as u64
+            },
+            out_batch: &mut token_out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH_SLOTS,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr points at buffers sized for `count` keys and values; the kernel writes no
+        // more than that and reports how many it wrote in `count`.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let done = if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                return Err(err);
+            }
+            true
+        } else {
+            false
+        };
+        for (i, &slot) in keys.iter().take(attr.count as usize).enumerate() {
+            let slot = slot as usize;
+            let base = i * nr_cpus * VALUE;
+            let sum = (0..nr_cpus).fold(TrafficCounters::default(), |acc, cpu| {
+                // SAFETY: in bounds (i < count <= BATCH_SLOTS); TrafficCounters is plain u64s.
+                let v: TrafficCounters = unsafe {
+                    std::ptr::read_unaligned(values.as_ptr().add(base + cpu * VALUE).cast())
+                };
+                acc.plus(v)
+            });
+            if let Some(o) = out.get_mut(slot) {
+                *o = sum;
+            }
+        }
+        if done {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 /// Sums one slot's per-CPU copies.

@@ -103,6 +103,17 @@ pub fn samples_since(
         .collect()
 }
 
+/// Whether `eip`'s series is due for its daily checkpoint in the round at `boundary`.
+fn checkpoint_turn(eip: &IpAddr, boundary: i64, calendar: &Calendar) -> bool {
+    use std::hash::{Hash, Hasher};
+    let per_day = u64::from(calendar.samples_per_day());
+    // DefaultHasher::new() has fixed keys: the same EIP gets the same turn in every process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    eip.hash(&mut h);
+    let round = (boundary / i64::from(calendar.interval())) as u64;
+    h.finish() % per_day == round % per_day
+}
+
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RoundReport {
@@ -185,6 +196,7 @@ impl Sampler {
         let mut samples = Vec::new();
         let mut snapshots = Vec::new();
         let mut closed: Vec<(IpAddr, Closed)> = Vec::new();
+        let mut to_checkpoint: Vec<IpAddr> = Vec::new();
         for (eip, counters) in readings {
             let now = Snapshot::of(boundary, counters);
             let prev = self.snapshots.get(eip).copied();
@@ -204,6 +216,9 @@ impl Sampler {
             if !c.days.is_empty() || !c.months.is_empty() {
                 closed.push((*eip, c));
             }
+            if prev.is_none() || checkpoint_turn(eip, boundary, &self.calendar) {
+                to_checkpoint.push(*eip);
+            }
             samples.extend(new.into_iter().map(|s| (*eip, s)));
             snapshots.push((*eip, now));
         }
@@ -212,20 +227,20 @@ impl Sampler {
             closed_days: closed.iter().map(|(_, c)| c.days.len()).sum(),
             closed_months: closed.iter().map(|(_, c)| c.months.len()).sum(),
         };
-        // Series are checkpointed whenever a day closes (bounded replay on restart) and always
-        // for EIPs that are new to the store.
-        let checkpoint: Vec<(IpAddr, &Series)> = self
-            .series
+        // Each series is checkpointed once a day, staggered over the day's rounds (about
+        // 1/288 of the EIPs per round), and when new: a restart replays at most a day of samples.
+        let checkpoint: Vec<(IpAddr, &Series)> = to_checkpoint
             .iter()
-            .filter(|(eip, _)| {
-                closed.iter().any(|(e, _)| e == *eip) || !self.snapshots.contains_key(eip)
-            })
-            .map(|(eip, s)| (*eip, s))
+            .filter_map(|eip| self.series.get(eip).map(|s| (*eip, s)))
             .collect();
+        // The in-memory snapshot moves on only once the round is committed: a failed commit is
+        // retried, as a whole, by the next round's delta.
+        let mut next = self.snapshots.clone();
+        next.extend(snapshots.iter().copied());
         self.store
-            .commit_round(&self.host, &samples, &snapshots, &closed, &checkpoint)?;
-        for (eip, snap) in snapshots {
-            self.snapshots.insert(eip, snap);
+            .commit_round(&self.host, boundary, &samples, &next, &closed, &checkpoint)?;
+        self.snapshots = next;
+        for (eip, _) in snapshots {
             self.first_seen.remove(&eip);
         }
         Ok(report)
@@ -260,9 +275,11 @@ impl Sampler {
         series.close();
         let closed = series.take_closed();
         let samples: Vec<_> = new.into_iter().map(|s| (eip, s)).collect();
+        let mut next = self.snapshots.clone();
+        next.remove(&eip);
         self.store
-            .commit_removal(&self.host, eip, &samples, &closed)?;
-        self.snapshots.remove(&eip);
+            .commit_removal(&self.host, eip, boundary, &samples, &closed, &next)?;
+        self.snapshots = next;
         self.series.remove(&eip);
         self.first_seen.remove(&eip);
         Ok(())
@@ -271,7 +288,9 @@ impl Sampler {
     /// Checkpoints every series (clean shutdown: the next start replays nothing).
     pub fn checkpoint_all(&mut self) -> Result<(), StoreError> {
         let all: Vec<(IpAddr, &Series)> = self.series.iter().map(|(e, s)| (*e, s)).collect();
-        self.store.commit_round(&self.host, &[], &[], &[], &all)
+        let last = self.snapshots.values().map(|s| s.at).max().unwrap_or(0);
+        self.store
+            .commit_round(&self.host, last, &[], &self.snapshots, &[], &all)
     }
 }
 

@@ -1,10 +1,10 @@
 //! The local sample store (SQLite): raw samples, the last counter snapshot per EIP, series
 //! checkpoints, and closed daily and monthly figures.
 //!
-//! Each sampling round is one transaction: its samples and the snapshots they were computed from
-//! are committed together, so after a crash (even `kill -9` mid-round) the next round starts
-//! from the last committed snapshot: no byte is lost (the kernel kept counting) and no sample is
-//! written twice (the primary key `(eip, interval_start, host)` would refuse it anyway).
+//! Each sampling round is one transaction: its samples (one compact row for the whole round) and
+//! the full counter snapshot they were computed from are committed together, so after a crash
+//! (even `kill -9` mid-round) the next round starts from the last committed snapshot: no byte is
+//! lost (the kernel kept counting) and no sample is written twice.
 //! `eip-meter samples` exports the raw samples in the CSV format `eip-meter compute` reads.
 
 use std::{collections::HashMap, io::Write, net::IpAddr, path::Path};
@@ -56,28 +56,61 @@ fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS samples (
-    eip TEXT NOT NULL, interval_start INTEGER NOT NULL, host TEXT NOT NULL,
-    bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, state TEXT NOT NULL,
-    PRIMARY KEY (eip, interval_start, host)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS snapshots (
-    eip TEXT PRIMARY KEY, at INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (eip TEXT PRIMARY KEY, series TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS eips (id INTEGER PRIMARY KEY, address TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS rounds (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, boundary INTEGER NOT NULL, host TEXT NOT NULL,
+    samples BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (eip INTEGER PRIMARY KEY, series TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily_figures (
-    eip TEXT NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (eip, day));
+    eip INTEGER NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (day, eip));
 CREATE TABLE IF NOT EXISTS monthly_figures (
-    eip TEXT NOT NULL, month TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (eip, month));
+    eip INTEGER NOT NULL, month TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (month, eip));
 ";
+
+/// Fixed-size little-endian records, so a round of 1,000,000 EIPs is one 33 MB row rather than
+/// 1,000,000 rows (a round stays well under a second).
+const SAMPLE_RECORD: usize = 4 + 8 + 8 + 8 + 1;
+const SNAPSHOT_RECORD: usize = 4 + 8 + 8 + 8;
 
 pub struct Store {
     conn: Connection,
+    ids: HashMap<IpAddr, u32>,
+    addresses: HashMap<u32, IpAddr>,
 }
 
-fn state_name(s: SampleState) -> &'static str {
-    match s {
-        SampleState::Measured => "measured",
-        SampleState::Partial => "partial",
+fn encode_samples(ids: &HashMap<IpAddr, u32>, samples: &[(IpAddr, Sample)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(samples.len() * SAMPLE_RECORD);
+    for (eip, s) in samples {
+        out.extend_from_slice(&ids[eip].to_le_bytes());
+        out.extend_from_slice(&s.start.to_le_bytes());
+        out.extend_from_slice(&s.inbound_bytes.to_le_bytes());
+        out.extend_from_slice(&s.outbound_bytes.to_le_bytes());
+        out.push(match s.state {
+            SampleState::Measured => 0,
+            SampleState::Partial => 1,
+        });
     }
+    out
+}
+
+fn decode_samples(blob: &[u8]) -> impl Iterator<Item = (u32, Sample)> + '_ {
+    blob.chunks_exact(SAMPLE_RECORD).map(|r| {
+        let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
+        (
+            u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")),
+            Sample {
+                start: u64_at(4) as i64,
+                inbound_bytes: u64_at(12),
+                outbound_bytes: u64_at(20),
+                state: if r[28] == 1 {
+                    SampleState::Partial
+                } else {
+                    SampleState::Measured
+                },
+            },
+        )
+    })
 }
 
 impl Store {
@@ -91,7 +124,27 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(Self { conn })
+        let mut store = Self {
+            conn,
+            ids: HashMap::new(),
+            addresses: HashMap::new(),
+        };
+        let rows: Vec<(u32, String)> = {
+            let mut stmt = store
+                .conn
+                .prepare("SELECT id, address FROM eips")
+                .map_err(sql("read EIP ids"))?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql("read EIP ids"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("read EIP ids"))?
+        };
+        for (id, address) in rows {
+            let eip = parse_eip(&address)?;
+            store.ids.insert(eip, id);
+            store.addresses.insert(id, eip);
+        }
+        Ok(store)
     }
 
     /// Records the interval, time zone and host on first use and refuses different ones later:
@@ -129,30 +182,28 @@ impl Store {
         Ok(())
     }
 
+    /// The counter snapshot of the last committed round.
     pub fn load_snapshots(&self) -> Result<HashMap<IpAddr, Snapshot>, StoreError> {
-        let mut stmt = self
+        let blob: Option<Vec<u8>> = self
             .conn
-            .prepare("SELECT eip, at, bytes_in, bytes_out FROM snapshots")
-            .map_err(sql("read snapshots"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(sql("read snapshots"))?;
+            .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(sql("read snapshot"))?;
         let mut out = HashMap::new();
-        for row in rows {
-            let (eip, at, i, o) = row.map_err(sql("read snapshots"))?;
+        for r in blob.unwrap_or_default().chunks_exact(SNAPSHOT_RECORD) {
+            let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
+            let id = u32::from_le_bytes(r[0..4].try_into().expect("4 bytes"));
+            let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
+                what: "snapshot",
+                eip: id.to_string(),
+                detail: "unknown EIP id".into(),
+            })?;
             out.insert(
-                parse_eip(&eip)?,
+                eip,
                 Snapshot {
-                    at,
-                    inbound_bytes: i as u64,
-                    outbound_bytes: o as u64,
+                    at: u64_at(4) as i64,
+                    inbound_bytes: u64_at(12),
+                    outbound_bytes: u64_at(20),
                 },
             );
         }
@@ -161,183 +212,226 @@ impl Store {
 
     /// Every checkpointed series, brought up to date with the samples committed after it.
     pub fn load_series(&self, calendar: Calendar) -> Result<Vec<(IpAddr, Series)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT eip, series FROM checkpoints")
-            .map_err(sql("read checkpoints"))?;
-        let rows: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(sql("read checkpoints"))?
-            .collect::<Result<_, _>>()
-            .map_err(sql("read checkpoints"))?;
-        let mut replay = self
-            .conn
-            .prepare("SELECT interval_start, SUM(bytes_in), SUM(bytes_out), MAX(state = 'partial') FROM samples WHERE eip = ?1 AND interval_start > ?2 GROUP BY interval_start ORDER BY interval_start")
-            .map_err(sql("replay samples"))?;
-        let mut out = Vec::new();
-        for (eip_text, json) in rows {
-            let eip = parse_eip(&eip_text)?;
-            let mut series: Series = serde_json::from_str::<Series>(&json)
+        let rows: Vec<(u32, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT eip, series FROM checkpoints")
+                .map_err(sql("read checkpoints"))?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql("read checkpoints"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("read checkpoints"))?
+        };
+        let mut series: HashMap<u32, Series> = HashMap::new();
+        let mut oldest = i64::MAX;
+        for (id, json) in rows {
+            let s = serde_json::from_str::<Series>(&json)
                 .map_err(|e| StoreError::Corrupt {
                     what: "checkpoint",
-                    eip: eip_text.clone(),
+                    eip: id.to_string(),
                     detail: e.to_string(),
                 })?
                 .with_calendar(calendar);
-            let after = series.last_start().unwrap_or(i64::MIN);
-            let samples = replay
-                .query_map(params![eip_text, after], |r| {
-                    Ok(Sample {
-                        start: r.get(0)?,
-                        inbound_bytes: r.get::<_, i64>(1)? as u64,
-                        outbound_bytes: r.get::<_, i64>(2)? as u64,
-                        state: if r.get::<_, bool>(3)? {
-                            SampleState::Partial
-                        } else {
-                            SampleState::Measured
-                        },
-                    })
-                })
+            oldest = oldest.min(s.last_start().unwrap_or(i64::MIN));
+            series.insert(id, s);
+        }
+        // Replay the rounds since the oldest checkpoint (at most about a day: checkpoints are
+        // staggered daily). A sample at or before a series' checkpoint is already in it.
+        if !series.is_empty() {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT samples FROM rounds WHERE boundary > ?1 ORDER BY seq")
                 .map_err(sql("replay samples"))?;
-            for s in samples {
-                let s = s.map_err(sql("replay samples"))?;
-                series.push(s).map_err(|e| StoreError::Corrupt {
-                    what: "sample",
-                    eip: eip_text.clone(),
-                    detail: e.to_string(),
-                })?;
+            let mut rows = stmt.query([oldest]).map_err(sql("replay samples"))?;
+            while let Some(row) = rows.next().map_err(sql("replay samples"))? {
+                let blob: Vec<u8> = row.get(0).map_err(sql("replay samples"))?;
+                for (id, sample) in decode_samples(&blob) {
+                    if let Some(s) = series.get_mut(&id)
+                        && s.last_start().is_none_or(|last| sample.start > last)
+                    {
+                        s.push(sample).map_err(|e| StoreError::Corrupt {
+                            what: "sample",
+                            eip: id.to_string(),
+                            detail: e.to_string(),
+                        })?;
+                    }
+                }
             }
+        }
+        let mut out = Vec::new();
+        for (id, mut s) in series {
             // Anything that closed during the replay was committed when it first closed.
-            let _ = series.take_closed();
-            out.push((eip, series));
+            let _ = s.take_closed();
+            out.push((self.addresses[&id], s));
         }
         Ok(out)
     }
 
-    /// Commits one round atomically.
+    /// Ids for EIPs the store has not seen, inserted in the current transaction.
+    fn assign_ids<'a>(
+        tx: &rusqlite::Transaction<'_>,
+        ids: &mut HashMap<IpAddr, u32>,
+        addresses: &mut HashMap<u32, IpAddr>,
+        eips: impl Iterator<Item = &'a IpAddr>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = tx
+            .prepare_cached("INSERT INTO eips (id, address) VALUES (?1, ?2)")
+            .map_err(sql("register EIP"))?;
+        for eip in eips {
+            if !ids.contains_key(eip) {
+                let id = ids.len() as u32 + 1;
+                stmt.execute(params![id, eip.to_string()])
+                    .map_err(sql("register EIP"))?;
+                ids.insert(*eip, id);
+                addresses.insert(id, *eip);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits one round atomically: its samples, the full counter snapshot they were computed
+    /// against, closed figures and checkpoints. On error nothing is written (and the in-memory
+    /// id table is rebuilt from what is committed).
     pub fn commit_round(
         &mut self,
         host: &str,
+        boundary: i64,
         samples: &[(IpAddr, Sample)],
-        snapshots: &[(IpAddr, Snapshot)],
+        snapshots: &HashMap<IpAddr, Snapshot>,
         closed: &[(IpAddr, Closed)],
         checkpoints: &[(IpAddr, &Series)],
     ) -> Result<(), StoreError> {
+        let (mut ids, mut addresses) = (self.ids.clone(), self.addresses.clone());
         let tx = self.conn.transaction().map_err(sql("begin round"))?;
-        write_samples(&tx, host, samples)?;
-        {
-            let mut stmt = tx
-                .prepare_cached("INSERT OR REPLACE INTO snapshots (eip, at, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(sql("write snapshots"))?;
-            for (eip, s) in snapshots {
-                stmt.execute(params![
-                    eip.to_string(),
-                    s.at,
-                    s.inbound_bytes as i64,
-                    s.outbound_bytes as i64
-                ])
-                .map_err(sql("write snapshots"))?;
-            }
+        Self::assign_ids(
+            &tx,
+            &mut ids,
+            &mut addresses,
+            snapshots.keys().chain(samples.iter().map(|(e, _)| e)),
+        )?;
+        if !samples.is_empty() {
+            tx.execute(
+                "INSERT INTO rounds (boundary, host, samples) VALUES (?1, ?2, ?3)",
+                params![boundary, host, encode_samples(&ids, samples)],
+            )
+            .map_err(sql("write samples"))?;
         }
-        write_closed(&tx, closed)?;
+        let mut snap = Vec::with_capacity(snapshots.len() * SNAPSHOT_RECORD);
+        for (eip, s) in snapshots {
+            snap.extend_from_slice(&ids[eip].to_le_bytes());
+            snap.extend_from_slice(&s.at.to_le_bytes());
+            snap.extend_from_slice(&s.inbound_bytes.to_le_bytes());
+            snap.extend_from_slice(&s.outbound_bytes.to_le_bytes());
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshot (id, data) VALUES (1, ?1)",
+            [snap],
+        )
+        .map_err(sql("write snapshot"))?;
+        write_closed(&tx, &ids, closed)?;
         {
             let mut stmt = tx
                 .prepare_cached("INSERT OR REPLACE INTO checkpoints (eip, series) VALUES (?1, ?2)")
                 .map_err(sql("write checkpoints"))?;
             for (eip, series) in checkpoints {
                 let json = serde_json::to_string(series).expect("series serializes");
-                stmt.execute(params![eip.to_string(), json])
+                stmt.execute(params![ids[eip], json])
                     .map_err(sql("write checkpoints"))?;
             }
         }
-        tx.commit().map_err(sql("commit round"))
+        tx.commit().map_err(sql("commit round"))?;
+        self.ids = ids;
+        self.addresses = addresses;
+        Ok(())
     }
 
-    /// Commits an EIP's last samples and figures and forgets its live state.
+    /// Commits an EIP's last samples and figures and forgets its live state (the snapshot
+    /// passed is the one without it).
     pub fn commit_removal(
         &mut self,
         host: &str,
         eip: IpAddr,
+        boundary: i64,
         samples: &[(IpAddr, Sample)],
         closed: &Closed,
+        snapshots: &HashMap<IpAddr, Snapshot>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(sql("begin removal"))?;
-        write_samples(&tx, host, samples)?;
-        write_closed(&tx, &[(eip, closed.clone())])?;
-        for table in ["snapshots", "checkpoints"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE eip = ?1"),
-                [eip.to_string()],
-            )
-            .map_err(sql("forget removed EIP"))?;
+        self.commit_round(
+            host,
+            boundary,
+            samples,
+            snapshots,
+            &[(eip, closed.clone())],
+            &[],
+        )?;
+        if let Some(id) = self.ids.get(&eip) {
+            self.conn
+                .execute("DELETE FROM checkpoints WHERE eip = ?1", [id])
+                .map_err(sql("forget removed EIP"))?;
         }
-        tx.commit().map_err(sql("commit removal"))
+        Ok(())
     }
 
     /// Writes every sample as `eip,interval_start,bytes_in,bytes_out,host` (the input of
-    /// `eip-meter compute`), ordered by EIP and time.
+    /// `eip-meter compute`), round by round; each EIP's rows are in time order.
     pub fn export_samples(&self, mut out: impl Write) -> Result<u64, StoreError> {
         writeln!(out, "eip,interval_start,bytes_in,bytes_out,host")?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT eip, interval_start, bytes_in, bytes_out, host FROM samples ORDER BY eip, interval_start, host")
-            .map_err(sql("export samples"))?;
-        let mut rows = stmt.query([]).map_err(sql("export samples"))?;
         let mut n = 0;
-        while let Some(r) = rows.next().map_err(sql("export samples"))? {
-            let start: i64 = r.get(1).map_err(sql("export samples"))?;
-            let at = chrono::DateTime::from_timestamp(start, 0)
+        self.for_each_sample(|eip, s, host| {
+            let at = chrono::DateTime::from_timestamp(s.start, 0)
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default();
             writeln!(
                 out,
-                "{},{at},{},{},{}",
-                r.get::<_, String>(0).map_err(sql("export samples"))?,
-                r.get::<_, i64>(2).map_err(sql("export samples"))?,
-                r.get::<_, i64>(3).map_err(sql("export samples"))?,
-                r.get::<_, String>(4).map_err(sql("export samples"))?,
+                "{eip},{at},{},{},{host}",
+                s.inbound_bytes, s.outbound_bytes
             )?;
             n += 1;
-        }
+            Ok(())
+        })?;
         Ok(n)
     }
 
-    /// Total bytes of all samples of one EIP (for tests and quick checks).
-    pub fn sample_totals(&self, eip: IpAddr) -> Result<(u64, u64, u64), StoreError> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(bytes_in), 0), COALESCE(SUM(bytes_out), 0) FROM samples WHERE eip = ?1",
-                [eip.to_string()],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
-            )
-            .map_err(sql("sum samples"))
+    fn for_each_sample(
+        &self,
+        mut f: impl FnMut(IpAddr, &Sample, &str) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT host, samples FROM rounds ORDER BY seq")
+            .map_err(sql("read samples"))?;
+        let mut rows = stmt.query([]).map_err(sql("read samples"))?;
+        while let Some(row) = rows.next().map_err(sql("read samples"))? {
+            let host: String = row.get(0).map_err(sql("read samples"))?;
+            let blob: Vec<u8> = row.get(1).map_err(sql("read samples"))?;
+            for (id, s) in decode_samples(&blob) {
+                let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
+                    what: "sample",
+                    eip: id.to_string(),
+                    detail: "unknown EIP id".into(),
+                })?;
+                f(eip, &s, &host)?;
+            }
+        }
+        Ok(())
     }
-}
 
-fn write_samples(
-    tx: &rusqlite::Transaction<'_>,
-    host: &str,
-    samples: &[(IpAddr, Sample)],
-) -> Result<(), StoreError> {
-    let mut stmt = tx
-        .prepare_cached("INSERT INTO samples (eip, interval_start, host, bytes_in, bytes_out, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        .map_err(sql("write samples"))?;
-    for (eip, s) in samples {
-        stmt.execute(params![
-            eip.to_string(),
-            s.start,
-            host,
-            s.inbound_bytes as i64,
-            s.outbound_bytes as i64,
-            state_name(s.state)
-        ])
-        .map_err(sql("write samples"))?;
+    /// Number of samples and total bytes of one EIP (for tests and quick checks).
+    pub fn sample_totals(&self, eip: IpAddr) -> Result<(u64, u64, u64), StoreError> {
+        let mut t = (0, 0, 0);
+        self.for_each_sample(|e, s, _| {
+            if e == eip {
+                t = (t.0 + 1, t.1 + s.inbound_bytes, t.2 + s.outbound_bytes);
+            }
+            Ok(())
+        })?;
+        Ok(t)
     }
-    Ok(())
 }
 
 fn write_closed(
     tx: &rusqlite::Transaction<'_>,
+    ids: &HashMap<IpAddr, u32>,
     closed: &[(IpAddr, Closed)],
 ) -> Result<(), StoreError> {
     let mut day = tx
@@ -351,15 +445,16 @@ fn write_closed(
         )
         .map_err(sql("write monthly figures"))?;
     for (eip, c) in closed {
+        let id = ids[eip];
         for (d, f) in &c.days {
             let json = serde_json::to_string(f).expect("figures serialize");
-            day.execute(params![eip.to_string(), d.to_string(), json])
+            day.execute(params![id, d.to_string(), json])
                 .map_err(sql("write daily figures"))?;
         }
         for (m, f) in &c.months {
             let json = serde_json::to_string(f).expect("figures serialize");
             month
-                .execute(params![eip.to_string(), m.to_string(), json])
+                .execute(params![id, m.to_string(), json])
                 .map_err(sql("write monthly figures"))?;
         }
     }

@@ -37,6 +37,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
+    /// prints a table and writes target/bench/sampler.json. Needs root.
+    Bench,
 }
 
 /// Debian packages the tests and the demo use.
@@ -55,6 +58,10 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&args)
+        }
+        Task::Bench => {
+            setup()?;
+            bench()
         }
     }
 }
@@ -268,6 +275,25 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--no-fail-fast"])
         .arg("--")
         .args(args))
+}
+
+fn bench() -> Result<()> {
+    if !is_root() {
+        bail!("the benchmarks create eBPF maps: run them as root");
+    }
+    let out = target_dir().join("bench").join("sampler.json");
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "eip-meter-tests",
+            "--bin",
+            "eip-meter-bench",
+            "--",
+        ])
+        .arg(&out))
 }
 
 fn demo() -> Result<()> {

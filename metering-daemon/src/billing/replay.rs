@@ -49,6 +49,9 @@ pub struct EipFigures {
 /// The whole `compute` output.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Shared bandwidths (with `--groups`): their EIPs' samples summed per interval.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, EipFigures>,
     pub interval_seconds: u32,
     pub timezone: &'static str,
     pub sample_rule: SampleRule,
@@ -72,10 +75,27 @@ pub fn compute(
     calendar: Calendar,
     options: SeriesOptions,
 ) -> Result<Report, Vec<InputError>> {
+    compute_with_groups(samples_csv, bandwidth_csv, None::<&[u8]>, calendar, options)
+}
+
+/// [`compute`], plus shared-bandwidth figures from a `eip,group` CSV: a group's interval value
+/// is the sum of its EIPs' bytes in that interval (before any percentile), and its bandwidth
+/// history is read from the bandwidth file under the group's name in the `eip` column.
+pub fn compute_with_groups(
+    samples_csv: impl Read,
+    bandwidth_csv: Option<impl Read>,
+    groups_csv: Option<impl Read>,
+    calendar: Calendar,
+    options: SeriesOptions,
+) -> Result<Report, Vec<InputError>> {
     let mut errors = Vec::new();
     let cells = read_samples(samples_csv, &calendar, &mut errors);
-    let bandwidth = match bandwidth_csv {
+    let (bandwidth, group_bandwidth) = match bandwidth_csv {
         Some(r) => read_bandwidth(r, &mut errors),
+        None => (HashMap::new(), HashMap::new()),
+    };
+    let groups = match groups_csv {
+        Some(r) => read_groups(r, &mut errors),
         None => HashMap::new(),
     };
     if !errors.is_empty() {
@@ -83,13 +103,24 @@ pub fn compute(
     }
 
     let mut by_eip: BTreeMap<IpAddr, Vec<(i64, u64, u64)>> = BTreeMap::new();
+    let mut by_group: BTreeMap<String, BTreeMap<i64, (u64, u64)>> = BTreeMap::new();
     for ((eip, start), cell) in cells {
         by_eip
             .entry(eip)
             .or_default()
             .push((start, cell.inbound, cell.outbound));
+        if let Some(group) = groups.get(&eip) {
+            let e = by_group
+                .entry(group.clone())
+                .or_default()
+                .entry(start)
+                .or_default();
+            e.0 = e.0.saturating_add(cell.inbound);
+            e.1 = e.1.saturating_add(cell.outbound);
+        }
     }
     let mut report = Report {
+        groups: BTreeMap::new(),
         interval_seconds: calendar.interval(),
         timezone: calendar.timezone(),
         sample_rule: options.rule,
@@ -100,31 +131,89 @@ pub fn compute(
     for (eip, mut rows) in by_eip {
         rows.sort_unstable_by_key(|r| r.0);
         let history = bandwidth.get(&eip).cloned().unwrap_or_default();
-        let mut series = Series::new(calendar, options, history);
-        for (start, inbound, outbound) in rows {
-            series
-                .push(Sample {
-                    start,
-                    inbound_bytes: inbound,
-                    outbound_bytes: outbound,
-                    state: SampleState::Measured,
-                })
-                .expect("rows are aligned, unique and sorted");
-        }
-        series.close();
-        let super::series::Closed { days, months } = series.take_closed();
-        report.eips.insert(
-            eip.to_string(),
-            EipFigures {
-                days: days.into_iter().map(|(d, f)| (d.to_string(), f)).collect(),
-                months: months
-                    .into_iter()
-                    .map(|(m, f)| (m.to_string(), f))
-                    .collect(),
-            },
-        );
+        report
+            .eips
+            .insert(eip.to_string(), figures(rows, history, calendar, options));
+    }
+    for (group, rows) in by_group {
+        let history = group_bandwidth.get(&group).cloned().unwrap_or_default();
+        let rows = rows.into_iter().map(|(t, (i, o))| (t, i, o)).collect();
+        report
+            .groups
+            .insert(group, figures(rows, history, calendar, options));
     }
     Ok(report)
+}
+
+/// Runs one sorted series of `(start, inbound, outbound)` through the streaming engine.
+fn figures(
+    rows: Vec<(i64, u64, u64)>,
+    history: BandwidthHistory,
+    calendar: Calendar,
+    options: SeriesOptions,
+) -> EipFigures {
+    let mut series = Series::new(calendar, options, history);
+    for (start, inbound, outbound) in rows {
+        series
+            .push(Sample {
+                start,
+                inbound_bytes: inbound,
+                outbound_bytes: outbound,
+                state: SampleState::Measured,
+            })
+            .expect("rows are aligned, unique and sorted");
+    }
+    series.close();
+    let super::series::Closed { days, months } = series.take_closed();
+    EipFigures {
+        days: days.into_iter().map(|(d, f)| (d.to_string(), f)).collect(),
+        months: months
+            .into_iter()
+            .map(|(m, f)| (m.to_string(), f))
+            .collect(),
+    }
+}
+
+fn read_groups(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, String> {
+    const FILE: &str = "groups";
+    let mut out: HashMap<IpAddr, (String, u64)> = HashMap::new();
+    for record in reader(r).records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                errors.push(InputError {
+                    file: FILE,
+                    line,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let mut fail = |message: String| {
+            errors.push(InputError {
+                file: FILE,
+                line,
+                message,
+            })
+        };
+        if record.len() != 2 || record[1].is_empty() {
+            fail("expected eip,group".to_owned());
+            continue;
+        }
+        match parse_eip(&record[0]) {
+            Ok(eip) => {
+                if let Some((g, first)) = out.get(&eip) {
+                    fail(format!("{eip} is already in group {g} (line {first})"));
+                } else {
+                    out.insert(eip, (record[1].to_owned(), line));
+                }
+            }
+            Err(e) => fail(e),
+        }
+    }
+    out.into_iter().map(|(eip, (g, _))| (eip, g)).collect()
 }
 
 fn reader(r: impl Read) -> csv::Reader<impl Read> {
@@ -244,9 +333,16 @@ fn read_samples(
     cells
 }
 
-fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, BandwidthHistory> {
+/// Bandwidth histories by EIP, and by group name (rows whose first column is not an address).
+type Histories = (
+    HashMap<IpAddr, BandwidthHistory>,
+    HashMap<String, BandwidthHistory>,
+);
+
+fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
     const FILE: &str = "bandwidth history";
     let mut changes: HashMap<IpAddr, Vec<(i64, u64)>> = HashMap::new();
+    let mut group_changes: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
     for record in reader(r).records() {
         let record = match record {
             Ok(r) => r,
@@ -272,14 +368,24 @@ fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr,
             });
             continue;
         }
+        // A first column that is not an address names a shared bandwidth (group).
+        let name = record[0].to_owned();
+        let looks_like_address = name.contains(['.', ':']);
         match (
-            parse_eip(&record[0]),
             parse_time(&record[1], "effective_from"),
             parse_count(&record[2], "bandwidth_mbps"),
         ) {
-            (Ok(eip), Ok(t), Ok(bw)) => changes.entry(eip).or_default().push((t, bw)),
-            (a, b, c) => {
-                for message in [a.err(), b.err(), c.err()].into_iter().flatten() {
+            (Ok(t), Ok(bw)) if looks_like_address => match parse_eip(&name) {
+                Ok(eip) => changes.entry(eip).or_default().push((t, bw)),
+                Err(message) => errors.push(InputError {
+                    file: FILE,
+                    line,
+                    message,
+                }),
+            },
+            (Ok(t), Ok(bw)) => group_changes.entry(name).or_default().push((t, bw)),
+            (a, b) => {
+                for message in [a.err(), b.err()].into_iter().flatten() {
                     errors.push(InputError {
                         file: FILE,
                         line,
@@ -289,10 +395,16 @@ fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr,
             }
         }
     }
-    changes
-        .into_iter()
-        .map(|(eip, c)| (eip, BandwidthHistory::new(c)))
-        .collect()
+    (
+        changes
+            .into_iter()
+            .map(|(eip, c)| (eip, BandwidthHistory::new(c)))
+            .collect(),
+        group_changes
+            .into_iter()
+            .map(|(g, c)| (g, BandwidthHistory::new(c)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -394,6 +506,37 @@ mod tests {
             r.eips["2001:db8::1"].days["2026-11-01"].max_bandwidth_mbps,
             Some(300)
         );
+    }
+
+    #[test]
+    fn a_shared_bandwidth_sums_its_eips_before_the_peak() {
+        // Two EIPs alternate 10 and 0 Mbit/s in opposite phase: each peaks at 10, the group
+        // carries a steady 10 (not 20).
+        let ten: u64 = 10 * 1_000_000 * 300 / 8;
+        let mut csv = String::from("eip,interval_start,bytes_in,bytes_out\n");
+        for i in 0..6 {
+            let t = format!("2026-11-01T00:{:02}:00+08:00", i * 5);
+            let (a, b) = if i % 2 == 0 { (ten, 0) } else { (0, ten) };
+            csv += &format!("203.0.113.1,{t},{a},0\n203.0.113.2,{t},{b},0\n");
+        }
+        let groups = "eip,group\n203.0.113.1,shared-a\n203.0.113.2,shared-a\n";
+        let bw = "eip,effective_from,bandwidth_mbps\nshared-a,2026-11-01T00:00:00+08:00,300\n";
+        let r = compute_with_groups(
+            csv.as_bytes(),
+            Some(bw.as_bytes()),
+            Some(groups.as_bytes()),
+            cal(),
+            SeriesOptions::default(),
+        )
+        .unwrap();
+        let g = &r.groups["shared-a"];
+        assert_eq!(g.days["2026-11-01"].enhanced_peak_mbps, 10);
+        assert_eq!(g.months["2026-11"].baseline_mbps, Some(60));
+        assert_eq!(g.months["2026-11"].billed_peak_mbps, Some(60));
+        assert_eq!(
+            r.eips["203.0.113.1"].days["2026-11-01"].enhanced_peak_mbps,
+            0
+        ); // 3 of 6 at zero
     }
 
     #[test]

@@ -177,6 +177,11 @@ impl Tally {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct DayState {
     date: NaiveDate,
+    /// `[start, end)` of the day, cached so the hot path needs no time-zone conversion.
+    start: i64,
+    end: i64,
+    /// Whether `start` is an interval boundary (false only where a zone skips midnight).
+    start_aligned: bool,
     tally: Tally,
     top5: TopK,
     top_p95: TopK,
@@ -258,14 +263,20 @@ impl Series {
     /// Adds one interval. Intervals skipped since the last one count as missing.
     pub fn push(&mut self, sample: Sample) -> Result<(), SeriesError> {
         let cal = self.cal();
-        if !cal.is_aligned(sample.start) {
+        let step = i64::from(cal.interval());
+        let aligned = match &self.day {
+            Some(d) if d.start_aligned && (d.start..d.end).contains(&sample.start) => {
+                (sample.start - d.start) % step == 0
+            }
+            _ => cal.is_aligned(sample.start),
+        };
+        if !aligned {
             return Err(SeriesError::Unaligned {
                 start: sample.start,
                 interval: cal.interval(),
                 timezone: cal.timezone(),
             });
         }
-        let step = i64::from(cal.interval());
         if let Some(last) = self.last_start {
             if sample.start <= last {
                 return Err(SeriesError::NotAfterLast {
@@ -300,11 +311,15 @@ impl Series {
 
     /// Makes the day and month of `t` the open ones, closing those before.
     fn enter(&mut self, t: i64) {
-        let cal = self.cal();
-        let date = cal.day_of(t);
-        if self.day.as_ref().is_some_and(|d| d.date == date) {
+        if self
+            .day
+            .as_ref()
+            .is_some_and(|d| (d.start..d.end).contains(&t))
+        {
             return;
         }
+        let cal = self.cal();
+        let date = cal.day_of(t);
         self.close_day();
         let month = Month::of(date);
         if self.month.as_ref().is_some_and(|m| m.month != month) {
@@ -320,9 +335,13 @@ impl Series {
                 daily_bandwidths_mbps: Vec::new(),
             });
         }
-        let n = cal.intervals_between(cal.day_bounds(date)) as usize;
+        let (start, end) = cal.day_bounds(date);
+        let n = cal.intervals_between((start, end)) as usize;
         self.day = Some(DayState {
             date,
+            start,
+            end,
+            start_aligned: cal.is_aligned(start),
             tally: Tally::default(),
             top5: TopK::new(5),
             top_p95: TopK::new(rules::discarded(n) + 1),
@@ -617,6 +636,45 @@ mod tests {
             .collect();
         let (_, months) = run(&s, BandwidthHistory::default());
         assert_eq!(months[0].1.enhanced_avg_peak_mbps, 20); // 61/3 = 20.33
+    }
+
+    #[test]
+    fn an_eip_created_mid_day_has_fractional_in_use_days() {
+        // Created at 12:00: 144 samples that day -> 0.5 in-use days, 43,200 s.
+        let s: Vec<_> = (144..288).map(|i| sample(T0 + i * 300, 1, 1)).collect();
+        let (days, months) = run(&s, BandwidthHistory::default());
+        assert_eq!(days[0].1.in_use_seconds, 43_200);
+        assert_eq!(months[0].1.in_use_days, 0.5);
+    }
+
+    #[test]
+    fn gb_is_decimal_or_binary_as_configured() {
+        let one_gib = 1u64 << 30;
+        for (unit, expected) in [(GbUnit::Decimal, 1.073741824), (GbUnit::Binary, 1.0)] {
+            let mut s = Series::new(
+                cal(),
+                SeriesOptions {
+                    gb_unit: unit,
+                    ..Default::default()
+                },
+                BandwidthHistory::default(),
+            );
+            s.push(sample(T0, 0, one_gib)).unwrap();
+            s.close();
+            let c = s.take_closed();
+            assert_eq!(c.days[0].1.outbound_gb, expected);
+            assert_eq!(c.days[0].1.outbound_bytes, one_gib);
+        }
+    }
+
+    #[test]
+    fn bits_not_bytes_and_decimal_mega() {
+        // 37,500,000 bytes in 300 s = 1,000,000 bit/s = exactly 1 Mbit/s (10^6, not 2^20).
+        let (days, _) = run(&[sample(T0, 37_500_000, 0)], BandwidthHistory::default());
+        assert_eq!(
+            (days[0].1.enhanced_peak_bps, days[0].1.enhanced_peak_mbps),
+            (1_000_000, 1)
+        );
     }
 
     #[test]
