@@ -106,6 +106,8 @@ pub async fn run(
                         samples = r.samples,
                         closed_days = r.closed_days,
                         closed_months = r.closed_months,
+                        compute_ms = (r.compute_seconds * 1e3) as u64,
+                        commit_ms = (r.commit_seconds * 1e3) as u64,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "sampled"
                     ),

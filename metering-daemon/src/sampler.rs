@@ -115,11 +115,15 @@ fn checkpoint_turn(eip: &IpAddr, boundary: i64, calendar: &Calendar) -> bool {
 }
 
 /// What one round did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct RoundReport {
     pub samples: usize,
     pub closed_days: usize,
     pub closed_months: usize,
+    /// Deltas and billing state, in seconds.
+    pub compute_seconds: f64,
+    /// Encoding and the store transaction, in seconds.
+    pub commit_seconds: f64,
 }
 
 /// Per-EIP sampling state, persisted in the store.
@@ -193,6 +197,7 @@ impl Sampler {
         boundary: i64,
         readings: &[(IpAddr, TrafficCounters)],
     ) -> Result<RoundReport, StoreError> {
+        let started = std::time::Instant::now();
         let mut samples = Vec::new();
         let mut snapshots = Vec::new();
         let mut closed: Vec<(IpAddr, Closed)> = Vec::new();
@@ -222,27 +227,48 @@ impl Sampler {
             samples.extend(new.into_iter().map(|s| (*eip, s)));
             snapshots.push((*eip, now));
         }
-        let report = RoundReport {
+        let mut report = RoundReport {
             samples: samples.len(),
             closed_days: closed.iter().map(|(_, c)| c.days.len()).sum(),
             closed_months: closed.iter().map(|(_, c)| c.months.len()).sum(),
+            compute_seconds: started.elapsed().as_secs_f64(),
+            commit_seconds: 0.0,
         };
+        let commit_started = std::time::Instant::now();
         // Each series is checkpointed once a day, staggered over the day's rounds (about
         // 1/288 of the EIPs per round), and when new: a restart replays at most a day of samples.
         let checkpoint: Vec<(IpAddr, &Series)> = to_checkpoint
             .iter()
             .filter_map(|eip| self.series.get(eip).map(|s| (*eip, s)))
             .collect();
-        // The in-memory snapshot moves on only once the round is committed: a failed commit is
-        // retried, as a whole, by the next round's delta.
-        let mut next = self.snapshots.clone();
-        next.extend(snapshots.iter().copied());
-        self.store
-            .commit_round(&self.host, boundary, &samples, &next, &closed, &checkpoint)?;
-        self.snapshots = next;
+        // The snapshot map is updated in place for the commit and rolled back if it fails: the
+        // in-memory snapshot moves on only with a committed round, so a failed round is retried,
+        // as a whole, by the next round's delta.
+        let undo: Vec<(IpAddr, Option<Snapshot>)> = snapshots
+            .iter()
+            .map(|(eip, snap)| (*eip, self.snapshots.insert(*eip, *snap)))
+            .collect();
+        let committed = self.store.commit_round(
+            &self.host,
+            boundary,
+            &samples,
+            &self.snapshots,
+            &closed,
+            &checkpoint,
+        );
+        if let Err(e) = committed {
+            for (eip, old) in undo {
+                match old {
+                    Some(old) => self.snapshots.insert(eip, old),
+                    None => self.snapshots.remove(&eip),
+                };
+            }
+            return Err(e);
+        }
         for (eip, _) in snapshots {
             self.first_seen.remove(&eip);
         }
+        report.commit_seconds = commit_started.elapsed().as_secs_f64();
         Ok(report)
     }
 

@@ -79,10 +79,26 @@ pub struct Store {
     addresses: HashMap<u32, IpAddr>,
 }
 
-fn encode_samples(ids: &HashMap<IpAddr, u32>, samples: &[(IpAddr, Sample)]) -> Vec<u8> {
+/// Ids of committed EIPs plus those registered by the round being committed.
+struct IdLookup<'a> {
+    old: &'a HashMap<IpAddr, u32>,
+    fresh: &'a HashMap<IpAddr, u32>,
+}
+
+impl IdLookup<'_> {
+    fn get(&self, eip: &IpAddr) -> u32 {
+        self.old
+            .get(eip)
+            .or_else(|| self.fresh.get(eip))
+            .copied()
+            .expect("every EIP of a round is registered first")
+    }
+}
+
+fn encode_samples(ids: &IdLookup<'_>, samples: &[(IpAddr, Sample)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(samples.len() * SAMPLE_RECORD);
     for (eip, s) in samples {
-        out.extend_from_slice(&ids[eip].to_le_bytes());
+        out.extend_from_slice(&ids.get(eip).to_le_bytes());
         out.extend_from_slice(&s.start.to_le_bytes());
         out.extend_from_slice(&s.inbound_bytes.to_le_bytes());
         out.extend_from_slice(&s.outbound_bytes.to_le_bytes());
@@ -267,31 +283,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Ids for EIPs the store has not seen, inserted in the current transaction.
-    fn assign_ids<'a>(
-        tx: &rusqlite::Transaction<'_>,
-        ids: &mut HashMap<IpAddr, u32>,
-        addresses: &mut HashMap<u32, IpAddr>,
-        eips: impl Iterator<Item = &'a IpAddr>,
-    ) -> Result<(), StoreError> {
-        let mut stmt = tx
-            .prepare_cached("INSERT INTO eips (id, address) VALUES (?1, ?2)")
-            .map_err(sql("register EIP"))?;
-        for eip in eips {
-            if !ids.contains_key(eip) {
-                let id = ids.len() as u32 + 1;
-                stmt.execute(params![id, eip.to_string()])
-                    .map_err(sql("register EIP"))?;
-                ids.insert(*eip, id);
-                addresses.insert(id, *eip);
-            }
-        }
-        Ok(())
-    }
-
     /// Commits one round atomically: its samples, the full counter snapshot they were computed
-    /// against, closed figures and checkpoints. On error nothing is written (and the in-memory
-    /// id table is rebuilt from what is committed).
+    /// against, closed figures and checkpoints. On error nothing is written.
     pub fn commit_round(
         &mut self,
         host: &str,
@@ -301,14 +294,33 @@ impl Store {
         closed: &[(IpAddr, Closed)],
         checkpoints: &[(IpAddr, &Series)],
     ) -> Result<(), StoreError> {
-        let (mut ids, mut addresses) = (self.ids.clone(), self.addresses.clone());
+        // New EIPs get ids inside this transaction; the id tables change only if it commits.
+        let new: std::collections::HashSet<IpAddr> = snapshots
+            .keys()
+            .chain(samples.iter().map(|(e, _)| e))
+            .filter(|e| !self.ids.contains_key(e))
+            .copied()
+            .collect();
+        let base = self.ids.len() as u32 + 1;
+        let fresh: HashMap<IpAddr, u32> = new
+            .into_iter()
+            .enumerate()
+            .map(|(i, eip)| (eip, base + i as u32))
+            .collect();
+        let ids = IdLookup {
+            old: &self.ids,
+            fresh: &fresh,
+        };
         let tx = self.conn.transaction().map_err(sql("begin round"))?;
-        Self::assign_ids(
-            &tx,
-            &mut ids,
-            &mut addresses,
-            snapshots.keys().chain(samples.iter().map(|(e, _)| e)),
-        )?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO eips (id, address) VALUES (?1, ?2)")
+                .map_err(sql("register EIP"))?;
+            for (eip, id) in &fresh {
+                stmt.execute(params![id, eip.to_string()])
+                    .map_err(sql("register EIP"))?;
+            }
+        }
         if !samples.is_empty() {
             tx.execute(
                 "INSERT INTO rounds (boundary, host, samples) VALUES (?1, ?2, ?3)",
@@ -318,7 +330,7 @@ impl Store {
         }
         let mut snap = Vec::with_capacity(snapshots.len() * SNAPSHOT_RECORD);
         for (eip, s) in snapshots {
-            snap.extend_from_slice(&ids[eip].to_le_bytes());
+            snap.extend_from_slice(&ids.get(eip).to_le_bytes());
             snap.extend_from_slice(&s.at.to_le_bytes());
             snap.extend_from_slice(&s.inbound_bytes.to_le_bytes());
             snap.extend_from_slice(&s.outbound_bytes.to_le_bytes());
@@ -335,13 +347,14 @@ impl Store {
                 .map_err(sql("write checkpoints"))?;
             for (eip, series) in checkpoints {
                 let json = serde_json::to_string(series).expect("series serializes");
-                stmt.execute(params![ids[eip], json])
+                stmt.execute(params![ids.get(eip), json])
                     .map_err(sql("write checkpoints"))?;
             }
         }
         tx.commit().map_err(sql("commit round"))?;
-        self.ids = ids;
-        self.addresses = addresses;
+        self.addresses
+            .extend(fresh.iter().map(|(eip, id)| (*id, *eip)));
+        self.ids.extend(fresh);
         Ok(())
     }
 
@@ -431,7 +444,7 @@ impl Store {
 
 fn write_closed(
     tx: &rusqlite::Transaction<'_>,
-    ids: &HashMap<IpAddr, u32>,
+    ids: &IdLookup<'_>,
     closed: &[(IpAddr, Closed)],
 ) -> Result<(), StoreError> {
     let mut day = tx
@@ -445,7 +458,7 @@ fn write_closed(
         )
         .map_err(sql("write monthly figures"))?;
     for (eip, c) in closed {
-        let id = ids[eip];
+        let id = ids.get(eip);
         for (d, f) in &c.days {
             let json = serde_json::to_string(f).expect("figures serialize");
             day.execute(params![id, d.to_string(), json])

@@ -42,7 +42,10 @@ fn main() -> Result<()> {
         return rss_probe(&args[2], args[3].parse()?);
     }
     eip_meter_tests::require_root();
-    let out = args.get(1).context("usage: eip-meter-bench OUT.json")?;
+    let out = args
+        .get(1)
+        .context("usage: eip-meter-bench OUT.json [--rounds-only]")?;
+    let rounds_only = args.iter().any(|a| a == "--rounds-only");
 
     let mut report = serde_json::Map::new();
     let mut table = Vec::new();
@@ -51,8 +54,8 @@ fn main() -> Result<()> {
         let r = round_bench(n)?;
         let tag = if n == 100_000 { "100k" } else { "1m" };
         table.push(format!(
-            "round, {n:>9} EIPs: {:.3} s (read {:.3} s + state/store {:.3} s); naive slot-by-slot read {:.3} s; first round {:.3} s",
-            r.round, r.read, r.round - r.read, r.naive_read, r.first_round
+            "round, {n:>9} EIPs: {:.3} s (read {:.3} s + billing state {:.3} s + store {:.3} s); naive slot-by-slot read {:.3} s; first round {:.3} s",
+            r.round, r.read, r.compute, r.commit, r.naive_read, r.first_round
         ));
         report.insert(format!("round_seconds_{tag}_eips"), json!(r.round));
         report.insert(format!("read_seconds_{tag}_eips"), json!(r.read));
@@ -67,6 +70,12 @@ fn main() -> Result<()> {
         report.insert(format!("provision_seconds_{tag}_eips"), json!(r.provision));
     }
 
+    if rounds_only {
+        for line in &table {
+            println!("  {line}");
+        }
+        return Ok(());
+    }
     eprintln!("bench: peak RSS of a full month for 100,000 EIPs (two child processes)");
     let streaming = child_rss("streaming", 100_000)?;
     let naive = child_rss("naive", 100_000)?;
@@ -120,6 +129,8 @@ fn eips(n: u32) -> Vec<IpAddr> {
 }
 
 struct RoundResult {
+    compute: f64,
+    commit: f64,
     provision: f64,
     first_round: f64,
     round: f64,
@@ -164,6 +175,7 @@ fn round_bench(n: u32) -> Result<RoundResult> {
     let first_round = first.elapsed().as_secs_f64();
 
     let (mut rounds, mut reads, mut naive) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut computes, mut commits) = (Vec::new(), Vec::new());
     for k in 1..=3 {
         let t = Instant::now();
         let readings = dp.read_counters()?;
@@ -174,6 +186,8 @@ fn round_bench(n: u32) -> Result<RoundResult> {
             "round wrote {} samples for {n} EIPs",
             r.samples
         );
+        computes.push(r.compute_seconds);
+        commits.push(r.commit_seconds);
         rounds.push(t.elapsed().as_secs_f64());
         reads.push(read);
 
@@ -186,6 +200,8 @@ fn round_bench(n: u32) -> Result<RoundResult> {
     dp.shutdown()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(RoundResult {
+        compute: median(computes),
+        commit: median(commits),
         provision,
         first_round,
         round: median(rounds),

@@ -165,13 +165,14 @@ fn main() -> Result<()> {
     );
     for (eip, f) in figures["eips"].as_object().into_iter().flatten() {
         for (day, d) in f["days"].as_object().into_iter().flatten() {
+            let n = |k: &str| d[k].as_u64().unwrap_or(0);
             println!(
                 "  {eip:<16} {day:<10} {:>7} {:>12} {:>12} {:>14} {:>14}",
-                d["samples"],
-                d["inbound_bytes"],
-                d["outbound_bytes"],
-                d["enhanced_peak_mbps"],
-                d["p95_bps"]
+                n("samples"),
+                n("inbound_bytes"),
+                n("outbound_bytes"),
+                n("enhanced_peak_mbps"),
+                n("p95_bps")
             );
         }
     }
