@@ -126,3 +126,46 @@ fn a_capacity_change_against_kept_maps_is_refused_clearly() {
         "{err}"
     );
 }
+
+/// The fallback for kernels without TCX: clsact + cls_bpf filters over netlink. Counts the same
+/// and leaves no filter behind.
+#[test]
+fn netlink_attach_mode_counts_exactly_and_detaches() {
+    require_root();
+    let eip = eip_v4(53);
+    let topo = Topology::new(&TopologyOptions {
+        tenant_addresses: vec![eip],
+        ipv6: false,
+    })
+    .unwrap();
+    let config = topo.config(&[eip], "attach_mode = \"netlink\"");
+    let mut daemon = Daemon::start(binary(), &topo.router, &config, &[eip]).unwrap();
+    assert!(
+        daemon.log().contains(r#""mode":"Netlink""#),
+        "{}",
+        daemon.log()
+    );
+    let filters = |dir: &str| {
+        topo.router.run({
+            let dir = dir.to_owned();
+            move || eip_meter_tests::run_cmd("tc", &["filter", "show", "dev", UPLINK, &dir])
+        })
+    };
+    assert!(filters("ingress").unwrap().contains("eip_ingress"));
+    assert!(filters("egress").unwrap().contains("eip_egress"));
+
+    let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(eip, 0)).unwrap();
+    let inet = Topology::internet_addr(eip, 0).ip();
+    let sent = send_udp(&topo.internet, inet, sink.addr, mixed_sizes(300, false)).unwrap();
+    assert_eq!(daemon.counters().unwrap().eip(eip).inbound_bytes, sent);
+
+    assert!(daemon.stop().unwrap());
+    assert!(
+        !filters("ingress").unwrap().contains("eip_ingress"),
+        "filter left behind"
+    );
+    assert!(
+        !filters("egress").unwrap().contains("eip_egress"),
+        "filter left behind"
+    );
+}
