@@ -174,48 +174,6 @@ fn figures(
     }
 }
 
-fn read_groups(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, String> {
-    const FILE: &str = "groups";
-    let mut out: HashMap<IpAddr, (String, u64)> = HashMap::new();
-    for record in reader(r).records() {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                errors.push(InputError {
-                    file: FILE,
-                    line,
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let line = record.position().map_or(0, |p| p.line());
-        let mut fail = |message: String| {
-            errors.push(InputError {
-                file: FILE,
-                line,
-                message,
-            })
-        };
-        if record.len() != 2 || record[1].is_empty() {
-            fail("expected eip,group".to_owned());
-            continue;
-        }
-        match parse_eip(&record[0]) {
-            Ok(eip) => {
-                if let Some((g, first)) = out.get(&eip) {
-                    fail(format!("{eip} is already in group {g} (line {first})"));
-                } else {
-                    out.insert(eip, (record[1].to_owned(), line));
-                }
-            }
-            Err(e) => fail(e),
-        }
-    }
-    out.into_iter().map(|(eip, (g, _))| (eip, g)).collect()
-}
-
 fn reader(r: impl Read) -> csv::Reader<impl Read> {
     csv::ReaderBuilder::new()
         .has_headers(true)
@@ -247,53 +205,63 @@ fn parse_count(s: &str, what: &str) -> Result<u64, String> {
     })
 }
 
+/// Calls `row` for every row of a CSV input with its line number and a way to report a problem
+/// on that line; rows the CSV reader cannot read are reported here.
+fn for_each_row(
+    r: impl Read,
+    file: &'static str,
+    errors: &mut Vec<InputError>,
+    mut row: impl FnMut(&csv::StringRecord, &mut dyn FnMut(String)),
+) {
+    for record in reader(r).records() {
+        match record {
+            Ok(record) => {
+                let line = record.position().map_or(0, |p| p.line());
+                row(&record, &mut |message| {
+                    errors.push(InputError {
+                        file,
+                        line,
+                        message,
+                    })
+                });
+            }
+            Err(e) => errors.push(InputError {
+                file,
+                line: e.position().map_or(0, |p| p.line()),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
 fn read_samples(
     r: impl Read,
     calendar: &Calendar,
     errors: &mut Vec<InputError>,
 ) -> BTreeMap<(IpAddr, i64), Cell> {
-    const FILE: &str = "samples";
     let mut cells: BTreeMap<(IpAddr, i64), Cell> = BTreeMap::new();
-    for record in reader(r).records() {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                errors.push(InputError {
-                    file: FILE,
-                    line,
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        };
+    for_each_row(r, "samples", errors, |record, fail| {
         let line = record.position().map_or(0, |p| p.line());
-        let mut fail = |message: String| {
-            errors.push(InputError {
-                file: FILE,
-                line,
-                message,
-            })
-        };
         if !(4..=5).contains(&record.len()) {
             fail(format!(
                 "expected eip,interval_start,bytes_in,bytes_out[,host], got {} fields",
                 record.len()
             ));
-            continue;
+            return;
         }
-        let eip = parse_eip(&record[0]);
-        let start = parse_time(&record[1], "interval_start");
-        let inbound = parse_count(&record[2], "bytes_in");
-        let outbound = parse_count(&record[3], "bytes_out");
-        let host = record.get(4).unwrap_or("").to_owned();
-        let (eip, start, inbound, outbound) = match (eip, start, inbound, outbound) {
+        let parsed = (
+            parse_eip(&record[0]),
+            parse_time(&record[1], "interval_start"),
+            parse_count(&record[2], "bytes_in"),
+            parse_count(&record[3], "bytes_out"),
+        );
+        let (eip, start, inbound, outbound) = match parsed {
             (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
             (a, b, c, d) => {
                 for e in [a.err(), b.err(), c.err(), d.err()].into_iter().flatten() {
                     fail(e);
                 }
-                continue;
+                return;
             }
         };
         if !calendar.is_aligned(start) {
@@ -303,8 +271,9 @@ fn read_samples(
                 calendar.interval(),
                 calendar.timezone()
             ));
-            continue;
+            return;
         }
+        let host = record.get(4).unwrap_or("").to_owned();
         let cell = cells.entry((eip, start)).or_insert_with(|| Cell {
             inbound: 0,
             outbound: 0,
@@ -329,7 +298,7 @@ fn read_samples(
                 cell.outbound = cell.outbound.saturating_add(outbound);
             }
         }
-    }
+    });
     cells
 }
 
@@ -340,33 +309,15 @@ type Histories = (
 );
 
 fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
-    const FILE: &str = "bandwidth history";
     let mut changes: HashMap<IpAddr, Vec<(i64, u64)>> = HashMap::new();
     let mut group_changes: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
-    for record in reader(r).records() {
-        let record = match record {
-            Ok(r) => r,
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                errors.push(InputError {
-                    file: FILE,
-                    line,
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let line = record.position().map_or(0, |p| p.line());
+    for_each_row(r, "bandwidth history", errors, |record, fail| {
         if record.len() != 3 {
-            errors.push(InputError {
-                file: FILE,
-                line,
-                message: format!(
-                    "expected eip,effective_from,bandwidth_mbps, got {} fields",
-                    record.len()
-                ),
-            });
-            continue;
+            fail(format!(
+                "expected eip,effective_from,bandwidth_mbps, got {} fields",
+                record.len()
+            ));
+            return;
         }
         // A first column that is not an address names a shared bandwidth (group).
         let name = record[0].to_owned();
@@ -377,24 +328,16 @@ fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
         ) {
             (Ok(t), Ok(bw)) if looks_like_address => match parse_eip(&name) {
                 Ok(eip) => changes.entry(eip).or_default().push((t, bw)),
-                Err(message) => errors.push(InputError {
-                    file: FILE,
-                    line,
-                    message,
-                }),
+                Err(message) => fail(message),
             },
             (Ok(t), Ok(bw)) => group_changes.entry(name).or_default().push((t, bw)),
             (a, b) => {
                 for message in [a.err(), b.err()].into_iter().flatten() {
-                    errors.push(InputError {
-                        file: FILE,
-                        line,
-                        message,
-                    });
+                    fail(message);
                 }
             }
         }
-    }
+    });
     (
         changes
             .into_iter()
@@ -405,6 +348,28 @@ fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
             .map(|(g, c)| (g, BandwidthHistory::new(c)))
             .collect(),
     )
+}
+
+fn read_groups(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, String> {
+    let mut out: HashMap<IpAddr, (String, u64)> = HashMap::new();
+    for_each_row(r, "groups", errors, |record, fail| {
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() != 2 || record[1].is_empty() {
+            fail("expected eip,group".to_owned());
+            return;
+        }
+        match parse_eip(&record[0]) {
+            Ok(eip) => {
+                if let Some((g, first)) = out.get(&eip) {
+                    fail(format!("{eip} is already in group {g} (line {first})"));
+                } else {
+                    out.insert(eip, (record[1].to_owned(), line));
+                }
+            }
+            Err(e) => fail(e),
+        }
+    });
+    out.into_iter().map(|(eip, (g, _))| (eip, g)).collect()
 }
 
 #[cfg(test)]
