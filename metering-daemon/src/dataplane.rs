@@ -516,7 +516,7 @@ fn read_slot_entries<T: std::borrow::Borrow<MapData>>(
 }
 
 /// Slots read per `BPF_MAP_LOOKUP_BATCH` call.
-pub const BATCH_SLOTS: u32 = 8192;
+pub const BATCH_SLOTS: u32 = 65_536;
 
 /// `union bpf_attr` as used by the `BPF_MAP_*_BATCH` commands.
 #[repr(C)]

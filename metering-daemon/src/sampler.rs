@@ -17,6 +17,7 @@ use crate::{
         calendar::Calendar,
         series::{BandwidthHistory, Closed, Sample, Series, SeriesOptions},
     },
+    store,
     store::{Store, StoreError},
 };
 
@@ -104,14 +105,11 @@ pub fn samples_since(
 }
 
 /// Whether `eip`'s series is due for its daily checkpoint in the round at `boundary`.
-fn checkpoint_turn(eip: &IpAddr, boundary: i64, calendar: &Calendar) -> bool {
-    use std::hash::{Hash, Hasher};
+fn checkpoint_turn(store_id: u32, boundary: i64, calendar: &Calendar) -> bool {
     let per_day = u64::from(calendar.samples_per_day());
-    // DefaultHasher::new() has fixed keys: the same EIP gets the same turn in every process.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    eip.hash(&mut h);
     let round = (boundary / i64::from(calendar.interval())) as u64;
-    h.finish() % per_day == round % per_day
+    // Store ids are dense and stable: the EIPs spread evenly over the day's rounds.
+    u64::from(store_id) % per_day == round % per_day
 }
 
 /// What one round did.
@@ -126,15 +124,30 @@ pub struct RoundReport {
     pub commit_seconds: f64,
 }
 
+/// Everything the sampler keeps for one EIP.
+struct EipState {
+    eip: IpAddr,
+    /// The store's id for this EIP, once a round with it has been committed.
+    store_id: Option<u32>,
+    /// The counters of the last committed round.
+    snapshot: Option<Snapshot>,
+    /// When it started counting from zero (new EIPs, until their first round).
+    first_seen: Option<i64>,
+    series: Series,
+}
+
 /// Per-EIP sampling state, persisted in the store.
+///
+/// The states live in one vector kept in the order the readings arrive (slot order), so a round
+/// walks memory sequentially and needs no hash lookup per EIP; the index is consulted only when
+/// the inventory changed, after which the vector is put back in readings order.
 pub struct Sampler {
     calendar: Calendar,
     options: SeriesOptions,
     host: String,
     store: Store,
-    snapshots: HashMap<IpAddr, Snapshot>,
-    series: HashMap<IpAddr, Series>,
-    first_seen: HashMap<IpAddr, i64>,
+    states: Vec<EipState>,
+    index: HashMap<IpAddr, usize>,
 }
 
 impl Sampler {
@@ -146,21 +159,48 @@ impl Sampler {
         store: Store,
     ) -> Result<Self, StoreError> {
         store.check_settings(&calendar, &host)?;
-        let snapshots = store.load_snapshots()?;
-        let mut series = HashMap::new();
-        for (eip, s) in store.load_series(calendar)? {
-            series.insert(eip, s.with_calendar(calendar));
-        }
-        info!(eips = snapshots.len(), "sampler state restored");
-        Ok(Self {
+        let mut snapshots = store.load_snapshots()?;
+        let mut sampler = Self {
             calendar,
             options,
             host,
+            states: Vec::new(),
+            index: HashMap::new(),
             store,
-            snapshots,
+        };
+        for (eip, series) in sampler.store.load_series(calendar)? {
+            let snapshot = snapshots.remove(&eip);
+            sampler.insert_state(eip, snapshot, series);
+        }
+        for (eip, snapshot) in snapshots {
+            let series = Series::new(calendar, options, BandwidthHistory::default());
+            sampler.insert_state(eip, Some(snapshot), series);
+        }
+        info!(eips = sampler.states.len(), "sampler state restored");
+        Ok(sampler)
+    }
+
+    fn insert_state(&mut self, eip: IpAddr, snapshot: Option<Snapshot>, series: Series) -> usize {
+        let i = self.states.len();
+        self.states.push(EipState {
+            eip,
+            store_id: self.store.id_of(&eip),
+            snapshot,
+            first_seen: None,
             series,
-            first_seen: HashMap::new(),
-        })
+        });
+        self.index.insert(eip, i);
+        i
+    }
+
+    fn state_index(&mut self, eip: IpAddr) -> usize {
+        match self.index.get(&eip) {
+            Some(&i) => i,
+            None => {
+                let series = Series::new(self.calendar, self.options, BandwidthHistory::default());
+                self.insert_state(eip, None, series)
+            }
+        }
     }
 
     pub fn calendar(&self) -> &Calendar {
@@ -173,21 +213,17 @@ impl Sampler {
 
     /// Notes when an EIP started counting (from zero), for its first, partial sample.
     pub fn eip_added(&mut self, eip: IpAddr, at: i64) {
-        if !self.snapshots.contains_key(&eip) {
-            self.first_seen.entry(eip).or_insert(at);
+        let i = self.state_index(eip);
+        let st = &mut self.states[i];
+        if st.snapshot.is_none() && st.first_seen.is_none() {
+            st.first_seen = Some(at);
         }
     }
 
     /// Records a bandwidth change (for the daily largest bandwidth and the baseline).
     pub fn bandwidth_set(&mut self, eip: IpAddr, at: i64, mbps: u64) {
-        self.series_of(eip).record_bandwidth(at, mbps);
-    }
-
-    fn series_of(&mut self, eip: IpAddr) -> &mut Series {
-        let (calendar, options) = (self.calendar, self.options);
-        self.series
-            .entry(eip)
-            .or_insert_with(|| Series::new(calendar, options, BandwidthHistory::default()))
+        let i = self.state_index(eip);
+        self.states[i].series.record_bandwidth(at, mbps);
     }
 
     /// One sampling round at interval boundary `boundary` with every EIP's current counters.
@@ -198,78 +234,129 @@ impl Sampler {
         readings: &[(IpAddr, TrafficCounters)],
     ) -> Result<RoundReport, StoreError> {
         let started = std::time::Instant::now();
-        let mut samples = Vec::new();
-        let mut snapshots = Vec::new();
+        let mut samples_blob = Vec::with_capacity(readings.len() * store::SAMPLE_RECORD);
+        let mut sample_count = 0;
+        let mut new_ids: Vec<(u32, IpAddr)> = Vec::new();
+        let mut next_id = self.store.next_id();
+        let mut undo: Vec<(usize, Option<Snapshot>, Option<i64>)> =
+            Vec::with_capacity(readings.len());
         let mut closed: Vec<(IpAddr, Closed)> = Vec::new();
-        let mut to_checkpoint: Vec<IpAddr> = Vec::new();
-        for (eip, counters) in readings {
+        let mut to_checkpoint: Vec<usize> = Vec::new();
+        let mut order: Vec<usize> = Vec::with_capacity(readings.len());
+        let mut in_order = true;
+        for (position, (eip, counters)) in readings.iter().enumerate() {
+            let i = if self.states.get(position).is_some_and(|s| s.eip == *eip) {
+                position
+            } else {
+                in_order = false;
+                self.state_index(*eip)
+            };
+            order.push(i);
+            let calendar = self.calendar;
+            let st = &mut self.states[i];
             let now = Snapshot::of(boundary, counters);
-            let prev = self.snapshots.get(eip).copied();
-            if prev.is_some_and(|p| p.at >= boundary) {
+            if st.snapshot.is_some_and(|p| p.at >= boundary) {
                 continue; // this boundary was already committed
             }
-            let first_seen = self.first_seen.get(eip).copied().unwrap_or(boundary - 1);
-            let new = samples_since(prev, now, first_seen, &self.calendar);
-            let series = self.series_of(*eip);
-            for s in &new {
-                if let Err(e) = series.push(*s) {
+            let first_seen = st.first_seen.unwrap_or(boundary - 1);
+            let new = samples_since(st.snapshot, now, first_seen, &calendar);
+            let id = match st.store_id {
+                Some(id) => id,
+                None => {
+                    let id = next_id;
+                    next_id += 1;
+                    new_ids.push((id, *eip));
+                    st.store_id = Some(id);
+                    id
+                }
+            };
+            for sample in &new {
+                if let Err(e) = st.series.push(*sample) {
                     // Never double count: a refused sample is reported, not applied.
                     error!(%eip, error = %e, "sample refused by the billing series");
                 }
+                store::encode_sample(&mut samples_blob, id, boundary, sample);
             }
-            let c = series.take_closed();
+            sample_count += new.len();
+            let c = st.series.take_closed();
             if !c.days.is_empty() || !c.months.is_empty() {
                 closed.push((*eip, c));
             }
-            if prev.is_none() || checkpoint_turn(eip, boundary, &self.calendar) {
-                to_checkpoint.push(*eip);
+            if st.snapshot.is_none() || checkpoint_turn(id, boundary, &calendar) {
+                to_checkpoint.push(i);
             }
-            samples.extend(new.into_iter().map(|s| (*eip, s)));
-            snapshots.push((*eip, now));
+            undo.push((i, st.snapshot.replace(now), st.first_seen.take()));
         }
         let mut report = RoundReport {
-            samples: samples.len(),
+            samples: sample_count,
             closed_days: closed.iter().map(|(_, c)| c.days.len()).sum(),
             closed_months: closed.iter().map(|(_, c)| c.months.len()).sum(),
             compute_seconds: started.elapsed().as_secs_f64(),
             commit_seconds: 0.0,
         };
         let commit_started = std::time::Instant::now();
+        let snapshot_blob = self.snapshot_blob(boundary);
         // Each series is checkpointed once a day, staggered over the day's rounds (about
         // 1/288 of the EIPs per round), and when new: a restart replays at most a day of samples.
         let checkpoint: Vec<(IpAddr, &Series)> = to_checkpoint
             .iter()
-            .filter_map(|eip| self.series.get(eip).map(|s| (*eip, s)))
-            .collect();
-        // The snapshot map is updated in place for the commit and rolled back if it fails: the
-        // in-memory snapshot moves on only with a committed round, so a failed round is retried,
-        // as a whole, by the next round's delta.
-        let undo: Vec<(IpAddr, Option<Snapshot>)> = snapshots
-            .iter()
-            .map(|(eip, snap)| (*eip, self.snapshots.insert(*eip, *snap)))
+            .map(|&i| (self.states[i].eip, &self.states[i].series))
             .collect();
         let committed = self.store.commit_round(
             &self.host,
             boundary,
-            &samples,
-            &self.snapshots,
+            &samples_blob,
+            &snapshot_blob,
+            &new_ids,
             &closed,
             &checkpoint,
         );
         if let Err(e) = committed {
-            for (eip, old) in undo {
-                match old {
-                    Some(old) => self.snapshots.insert(eip, old),
-                    None => self.snapshots.remove(&eip),
-                };
+            // The snapshots move on only with a committed round, so the next round's delta
+            // covers this one as a whole.
+            for (i, snapshot, first_seen) in undo {
+                self.states[i].snapshot = snapshot;
+                self.states[i].first_seen = first_seen;
+            }
+            for (_, eip) in new_ids {
+                let i = self.index[&eip];
+                self.states[i].store_id = None;
             }
             return Err(e);
         }
-        for (eip, _) in snapshots {
-            self.first_seen.remove(&eip);
+        if !in_order {
+            self.reorder(&order);
         }
         report.commit_seconds = commit_started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Every EIP's committed-to-be snapshot as store records.
+    fn snapshot_blob(&self, boundary: i64) -> Vec<u8> {
+        let mut blob = Vec::with_capacity(self.states.len() * store::SNAPSHOT_RECORD);
+        for st in &self.states {
+            if let (Some(id), Some(snap)) = (st.store_id, st.snapshot) {
+                store::encode_snapshot(&mut blob, id, boundary, &snap);
+            }
+        }
+        blob
+    }
+
+    /// Puts the states in `order` (the readings order), the others after them.
+    fn reorder(&mut self, order: &[usize]) {
+        let mut slots: Vec<Option<EipState>> = std::mem::take(&mut self.states)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut states = Vec::with_capacity(slots.len());
+        for &i in order {
+            if let Some(st) = slots[i].take() {
+                states.push(st);
+            }
+        }
+        states.extend(slots.into_iter().flatten());
+        self.index = states.iter().enumerate().map(|(i, s)| (s.eip, i)).collect();
+        self.states = states;
     }
 
     /// An EIP left the inventory at `at` with these final counters: its last (partial) samples
@@ -281,42 +368,83 @@ impl Sampler {
         last: &TrafficCounters,
     ) -> Result<(), StoreError> {
         let boundary = self.calendar.interval_start(at) + i64::from(self.calendar.interval());
-        let prev = self.snapshots.get(&eip).copied();
-        let first_seen = self.first_seen.get(&eip).copied().unwrap_or(at);
+        let i = self.state_index(eip);
+        let calendar = self.calendar;
+        let st = &mut self.states[i];
+        let first_seen = st.first_seen.unwrap_or(at);
         let mut new = samples_since(
-            prev,
+            st.snapshot,
             Snapshot::of(boundary, last),
             first_seen,
-            &self.calendar,
+            &calendar,
         );
         if let Some(s) = new.last_mut() {
             s.state = SampleState::Partial;
         }
-        let series = self.series_of(eip);
         for s in &new {
-            if let Err(e) = series.push(*s) {
+            if let Err(e) = st.series.push(*s) {
                 error!(%eip, error = %e, "final sample refused by the billing series");
             }
         }
-        series.close();
-        let closed = series.take_closed();
-        let samples: Vec<_> = new.into_iter().map(|s| (eip, s)).collect();
-        let mut next = self.snapshots.clone();
-        next.remove(&eip);
-        self.store
-            .commit_removal(&self.host, eip, boundary, &samples, &closed, &next)?;
-        self.snapshots = next;
-        self.series.remove(&eip);
-        self.first_seen.remove(&eip);
+        st.series.close();
+        let closed = st.series.take_closed();
+        let (id, new_ids) = match st.store_id {
+            Some(id) => (id, Vec::new()),
+            None => {
+                let id = self.store.next_id();
+                (id, vec![(id, eip)])
+            }
+        };
+        let mut samples_blob = Vec::new();
+        for s in &new {
+            store::encode_sample(&mut samples_blob, id, boundary, s);
+        }
+        // The snapshot written is everyone's but this EIP's.
+        let removed = self.states.swap_remove(i);
+        let snapshot_blob = self.snapshot_blob(boundary);
+        let result = self.store.commit_removal(
+            &self.host,
+            eip,
+            boundary,
+            &samples_blob,
+            &snapshot_blob,
+            &new_ids,
+            &closed,
+        );
+        if let Err(e) = result {
+            self.states.push(removed);
+            self.index = self
+                .states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.eip, i))
+                .collect();
+            return Err(e);
+        }
+        self.index.remove(&eip);
+        if let Some(moved) = self.states.get(i) {
+            self.index.insert(moved.eip, i);
+        }
         Ok(())
     }
 
     /// Checkpoints every series (clean shutdown: the next start replays nothing).
     pub fn checkpoint_all(&mut self) -> Result<(), StoreError> {
-        let all: Vec<(IpAddr, &Series)> = self.series.iter().map(|(e, s)| (*e, s)).collect();
-        let last = self.snapshots.values().map(|s| s.at).max().unwrap_or(0);
+        let all: Vec<(IpAddr, &Series)> = self
+            .states
+            .iter()
+            .filter(|s| s.store_id.is_some())
+            .map(|s| (s.eip, &s.series))
+            .collect();
+        let last = self
+            .states
+            .iter()
+            .filter_map(|s| s.snapshot.map(|p| p.at))
+            .max()
+            .unwrap_or(0);
+        let snapshot_blob = self.snapshot_blob(last);
         self.store
-            .commit_round(&self.host, last, &[], &self.snapshots, &[], &all)
+            .commit_round(&self.host, last, &[], &snapshot_blob, &[], &[], &all)
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Plan {
 pub struct SlotTable {
     capacity: u32,
     by_addr: HashMap<IpAddr, u32>,
+    /// The EIP of every slot, for iteration in slot order (sequential over the counter array).
+    owner: Vec<Option<IpAddr>>,
     free: VecDeque<u32>,
     /// Slots at or above this index were never used since the maps were created (zero already).
     clean_from: u32,
@@ -61,6 +63,7 @@ impl SlotTable {
         Self {
             capacity,
             by_addr: HashMap::new(),
+            owner: vec![None; capacity as usize],
             free: (0..capacity).collect(),
             clean_from: 0,
         }
@@ -92,9 +95,14 @@ impl SlotTable {
             by_addr.insert(addr, slot);
         }
         let free = (0..capacity).filter(|s| !owner.contains_key(s)).collect();
+        let mut by_slot = vec![None; capacity as usize];
+        for (slot, addr) in owner {
+            by_slot[slot as usize] = Some(addr);
+        }
         Ok(Self {
             capacity,
             by_addr,
+            owner: by_slot,
             free,
             clean_from: capacity,
         })
@@ -116,9 +124,12 @@ impl SlotTable {
         self.by_addr.get(addr).copied()
     }
 
-    /// Every `(EIP, slot)`, in no particular order.
+    /// Every `(EIP, slot)`, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
-        self.by_addr.iter().map(|(a, s)| (*a, *s))
+        self.owner
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, a)| a.map(|a| (a, slot as u32)))
     }
 
     /// Takes the next free slot for `addr`. The caller publishes it to the kernel; if that fails
@@ -136,6 +147,7 @@ impl SlotTable {
             self.clean_from = slot + 1;
         }
         self.by_addr.insert(addr, slot);
+        self.owner[slot as usize] = Some(addr);
         Ok(Assignment {
             slot,
             needs_zeroing,
@@ -145,6 +157,7 @@ impl SlotTable {
     /// Frees `addr`'s slot (to the back of the queue). Returns the slot it had.
     pub fn release(&mut self, addr: &IpAddr) -> Option<u32> {
         let slot = self.by_addr.remove(addr)?;
+        self.owner[slot as usize] = None;
         self.free.push_back(slot);
         Some(slot)
     }

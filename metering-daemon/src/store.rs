@@ -1,13 +1,20 @@
 //! The local sample store (SQLite): raw samples, the last counter snapshot per EIP, series
 //! checkpoints, and closed daily and monthly figures.
 //!
-//! Each sampling round is one transaction: its samples (one compact row for the whole round) and
-//! the full counter snapshot they were computed from are committed together, so after a crash
-//! (even `kill -9` mid-round) the next round starts from the last committed snapshot: no byte is
-//! lost (the kernel kept counting) and no sample is written twice.
+//! Each sampling round is one transaction: its samples and the full counter snapshot they were
+//! computed from are written as fixed-size records to fsynced files beside the database
+//! (`rounds/<seq>.samples`, `rounds/<seq>.snapshot`) and made part of the store by one SQLite
+//! transaction that records them. After a crash (even `kill -9` mid-round) the next round starts
+//! from the last committed snapshot: no byte is lost (the kernel kept counting) and no sample is
+//! written twice; files of an uncommitted round are removed at open.
 //! `eip-meter samples` exports the raw samples in the CSV format `eip-meter compute` reads.
 
-use std::{collections::HashMap, io::Write, net::IpAddr, path::Path};
+use std::{
+    collections::HashMap,
+    io::Write,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -46,8 +53,8 @@ pub enum StoreError {
         eip: String,
         detail: String,
     },
-    #[error("sample store export: {0}")]
-    Export(#[from] std::io::Error),
+    #[error("sample store files: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -58,9 +65,11 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS eips (id INTEGER PRIMARY KEY, address TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS rounds (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, boundary INTEGER NOT NULL, host TEXT NOT NULL,
-    samples BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
+    seq INTEGER PRIMARY KEY, boundary INTEGER NOT NULL, host TEXT NOT NULL,
+    bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, boundary INTEGER NOT NULL,
+    bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (eip INTEGER PRIMARY KEY, series TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS daily_figures (
     eip INTEGER NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (day, eip));
@@ -70,56 +79,79 @@ CREATE TABLE IF NOT EXISTS monthly_figures (
 
 /// Fixed-size little-endian records, so a round of 1,000,000 EIPs is one 33 MB row rather than
 /// 1,000,000 rows (a round stays well under a second).
-const SAMPLE_RECORD: usize = 4 + 8 + 8 + 8 + 1;
-const SNAPSHOT_RECORD: usize = 4 + 8 + 8 + 8;
+pub const SAMPLE_RECORD: usize = 4 + 4 + 8 + 8 + 1;
+pub const SNAPSHOT_RECORD: usize = 4 + 4 + 8 + 8;
+
+/// Appends one sample record (`id, seconds before the round's boundary, bytes in, bytes out,
+/// state`): intervals are labelled relative to the round, which stores the boundary once.
+pub fn encode_sample(out: &mut Vec<u8>, id: u32, boundary: i64, s: &Sample) {
+    out.extend_from_slice(&id.to_le_bytes());
+    let before = u32::try_from(boundary - s.start)
+        .expect("a sample starts within 136 years before its round");
+    out.extend_from_slice(&before.to_le_bytes());
+    out.extend_from_slice(&s.inbound_bytes.to_le_bytes());
+    out.extend_from_slice(&s.outbound_bytes.to_le_bytes());
+    out.push(match s.state {
+        SampleState::Measured => 0,
+        SampleState::Partial => 1,
+    });
+}
+
+/// Appends one snapshot record (`id, at relative to the snapshot's boundary, bytes in, bytes
+/// out`).
+pub fn encode_snapshot(out: &mut Vec<u8>, id: u32, boundary: i64, s: &Snapshot) {
+    out.extend_from_slice(&id.to_le_bytes());
+    let offset =
+        i32::try_from(s.at - boundary).expect("snapshots of one round lie within 68 years");
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&s.inbound_bytes.to_le_bytes());
+    out.extend_from_slice(&s.outbound_bytes.to_le_bytes());
+}
 
 pub struct Store {
     conn: Connection,
+    /// `<state_dir>/rounds/`: `<seq>.samples` and `<seq>.snapshot` files, referenced by rows.
+    files: PathBuf,
+    next_seq: i64,
     ids: HashMap<IpAddr, u32>,
     addresses: HashMap<u32, IpAddr>,
 }
 
-/// Ids of committed EIPs plus those registered by the round being committed.
-struct IdLookup<'a> {
-    old: &'a HashMap<IpAddr, u32>,
-    fresh: &'a HashMap<IpAddr, u32>,
+/// Writes `bytes` to `path` and makes them durable before returning.
+fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
-impl IdLookup<'_> {
-    fn get(&self, eip: &IpAddr) -> u32 {
-        self.old
-            .get(eip)
-            .or_else(|| self.fresh.get(eip))
-            .copied()
-            .expect("every EIP of a round is registered first")
-    }
-}
-
-fn encode_samples(ids: &IdLookup<'_>, samples: &[(IpAddr, Sample)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(samples.len() * SAMPLE_RECORD);
-    for (eip, s) in samples {
-        out.extend_from_slice(&ids.get(eip).to_le_bytes());
-        out.extend_from_slice(&s.start.to_le_bytes());
-        out.extend_from_slice(&s.inbound_bytes.to_le_bytes());
-        out.extend_from_slice(&s.outbound_bytes.to_le_bytes());
-        out.push(match s.state {
-            SampleState::Measured => 0,
-            SampleState::Partial => 1,
+/// Reads a record file, checking it has the length its row recorded.
+fn read_records(path: &Path, bytes: i64) -> Result<Vec<u8>, StoreError> {
+    let data = std::fs::read(path).map_err(|e| StoreError::Corrupt {
+        what: "record file",
+        eip: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    if data.len() as i64 != bytes {
+        return Err(StoreError::Corrupt {
+            what: "record file",
+            eip: path.display().to_string(),
+            detail: format!("{} bytes, the store recorded {bytes}", data.len()),
         });
     }
-    out
+    Ok(data)
 }
 
-fn decode_samples(blob: &[u8]) -> impl Iterator<Item = (u32, Sample)> + '_ {
-    blob.chunks_exact(SAMPLE_RECORD).map(|r| {
+fn decode_samples(blob: &[u8], boundary: i64) -> impl Iterator<Item = (u32, Sample)> + '_ {
+    blob.chunks_exact(SAMPLE_RECORD).map(move |r| {
         let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
         (
             u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")),
             Sample {
-                start: u64_at(4) as i64,
-                inbound_bytes: u64_at(12),
-                outbound_bytes: u64_at(20),
-                state: if r[28] == 1 {
+                start: boundary
+                    - i64::from(u32::from_le_bytes(r[4..8].try_into().expect("4 bytes"))),
+                inbound_bytes: u64_at(8),
+                outbound_bytes: u64_at(16),
+                state: if r[24] == 1 {
                     SampleState::Partial
                 } else {
                     SampleState::Measured
@@ -137,11 +169,41 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(open_err)?;
         // WAL + synchronous=FULL: a committed round survives power loss.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(open_err)?;
+        // 64 KiB pages: a round is a few large blobs, and big pages mean short overflow chains.
+        // (Takes effect only when the file is created.)
+        conn.execute_batch(
+            "PRAGMA page_size = 65536; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
+        )
+        .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let files = path.with_file_name("rounds");
+        std::fs::create_dir_all(&files)?;
+        let next_seq: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM rounds", [], |r| {
+                r.get(0)
+            })
+            .map_err(open_err)?;
+        let snapshot_seq: Option<i64> = conn
+            .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(open_err)?;
+        // Files no committed row refers to were written by a round that crashed before its
+        // commit: remove them.
+        for entry in std::fs::read_dir(&files)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan = match name.split_once('.') {
+                Some((seq, "samples")) => seq.parse::<i64>().map_or(true, |s| s >= next_seq),
+                Some((seq, "snapshot")) => seq.parse::<i64>().ok() != snapshot_seq,
+                _ => false,
+            };
+            if orphan {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let mut store = Self {
             conn,
+            files,
+            next_seq,
             ids: HashMap::new(),
             addresses: HashMap::new(),
         };
@@ -200,13 +262,23 @@ impl Store {
 
     /// The counter snapshot of the last committed round.
     pub fn load_snapshots(&self) -> Result<HashMap<IpAddr, Snapshot>, StoreError> {
-        let blob: Option<Vec<u8>> = self
+        let row: Option<(i64, i64, i64)> = self
             .conn
-            .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT seq, boundary, bytes FROM snapshot WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
             .map_err(sql("read snapshot"))?;
+        let (boundary, blob) = match row {
+            Some((seq, boundary, bytes)) => {
+                (boundary, read_records(&self.snapshot_file(seq), bytes)?)
+            }
+            None => (0, Vec::new()),
+        };
         let mut out = HashMap::new();
-        for r in blob.unwrap_or_default().chunks_exact(SNAPSHOT_RECORD) {
+        for r in blob.chunks_exact(SNAPSHOT_RECORD) {
             let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
             let id = u32::from_le_bytes(r[0..4].try_into().expect("4 bytes"));
             let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
@@ -217,9 +289,10 @@ impl Store {
             out.insert(
                 eip,
                 Snapshot {
-                    at: u64_at(4) as i64,
-                    inbound_bytes: u64_at(12),
-                    outbound_bytes: u64_at(20),
+                    at: boundary
+                        + i64::from(i32::from_le_bytes(r[4..8].try_into().expect("4 bytes"))),
+                    inbound_bytes: u64_at(8),
+                    outbound_bytes: u64_at(16),
                 },
             );
         }
@@ -256,12 +329,15 @@ impl Store {
         if !series.is_empty() {
             let mut stmt = self
                 .conn
-                .prepare("SELECT samples FROM rounds WHERE boundary > ?1 ORDER BY seq")
+                .prepare("SELECT boundary, seq, bytes FROM rounds WHERE boundary > ?1 ORDER BY seq")
                 .map_err(sql("replay samples"))?;
             let mut rows = stmt.query([oldest]).map_err(sql("replay samples"))?;
             while let Some(row) = rows.next().map_err(sql("replay samples"))? {
-                let blob: Vec<u8> = row.get(0).map_err(sql("replay samples"))?;
-                for (id, sample) in decode_samples(&blob) {
+                let boundary: i64 = row.get(0).map_err(sql("replay samples"))?;
+                let seq: i64 = row.get(1).map_err(sql("replay samples"))?;
+                let bytes: i64 = row.get(2).map_err(sql("replay samples"))?;
+                let blob = read_records(&self.samples_file(seq), bytes)?;
+                for (id, sample) in decode_samples(&blob, boundary) {
                     if let Some(s) = series.get_mut(&id)
                         && s.last_start().is_none_or(|last| sample.start > last)
                     {
@@ -283,97 +359,123 @@ impl Store {
         Ok(out)
     }
 
-    /// Commits one round atomically: its samples, the full counter snapshot they were computed
-    /// against, closed figures and checkpoints. On error nothing is written.
+    fn samples_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.samples"))
+    }
+
+    fn snapshot_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.snapshot"))
+    }
+
+    /// The store's id of `eip`, if a committed round has registered it.
+    pub fn id_of(&self, eip: &IpAddr) -> Option<u32> {
+        self.ids.get(eip).copied()
+    }
+
+    /// The id the next new EIP gets.
+    pub fn next_id(&self) -> u32 {
+        self.ids.len() as u32 + 1
+    }
+
+    /// Commits one round atomically: its samples (encoded with [`encode_sample`]), the full
+    /// counter snapshot they were computed against ([`encode_snapshot`]), the EIPs it registers,
+    /// closed figures and checkpoints. On error nothing is written.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit_round(
         &mut self,
         host: &str,
         boundary: i64,
-        samples: &[(IpAddr, Sample)],
-        snapshots: &HashMap<IpAddr, Snapshot>,
+        samples: &[u8],
+        snapshot: &[u8],
+        new_eips: &[(u32, IpAddr)],
         closed: &[(IpAddr, Closed)],
         checkpoints: &[(IpAddr, &Series)],
     ) -> Result<(), StoreError> {
-        // New EIPs get ids inside this transaction; the id tables change only if it commits.
-        let new: std::collections::HashSet<IpAddr> = snapshots
-            .keys()
-            .chain(samples.iter().map(|(e, _)| e))
-            .filter(|e| !self.ids.contains_key(e))
-            .copied()
-            .collect();
-        let base = self.ids.len() as u32 + 1;
-        let fresh: HashMap<IpAddr, u32> = new
-            .into_iter()
-            .enumerate()
-            .map(|(i, eip)| (eip, base + i as u32))
-            .collect();
-        let ids = IdLookup {
-            old: &self.ids,
-            fresh: &fresh,
+        let fresh: HashMap<IpAddr, u32> = new_eips.iter().map(|(id, eip)| (*eip, *id)).collect();
+        let id = |eip: &IpAddr| -> u32 {
+            self.ids
+                .get(eip)
+                .or_else(|| fresh.get(eip))
+                .copied()
+                .expect("every EIP of a round is registered")
         };
+        // The records go to files first (durable), then one transaction makes them part of the
+        // store: a crash before the commit leaves only files no row refers to.
+        let seq = self.next_seq;
+        if !samples.is_empty() {
+            write_durable(&self.samples_file(seq), samples)?;
+        }
+        write_durable(&self.snapshot_file(seq), snapshot)?;
+        std::fs::File::open(&self.files)?.sync_all()?;
+        let previous_snapshot: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(sql("read snapshot"))?;
         let tx = self.conn.transaction().map_err(sql("begin round"))?;
         {
             let mut stmt = tx
                 .prepare_cached("INSERT INTO eips (id, address) VALUES (?1, ?2)")
                 .map_err(sql("register EIP"))?;
-            for (eip, id) in &fresh {
-                stmt.execute(params![id, eip.to_string()])
+            for (eid, eip) in new_eips {
+                stmt.execute(params![eid, eip.to_string()])
                     .map_err(sql("register EIP"))?;
             }
         }
         if !samples.is_empty() {
             tx.execute(
-                "INSERT INTO rounds (boundary, host, samples) VALUES (?1, ?2, ?3)",
-                params![boundary, host, encode_samples(&ids, samples)],
+                "INSERT INTO rounds (seq, boundary, host, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![seq, boundary, host, samples.len() as i64],
             )
             .map_err(sql("write samples"))?;
         }
-        let mut snap = Vec::with_capacity(snapshots.len() * SNAPSHOT_RECORD);
-        for (eip, s) in snapshots {
-            snap.extend_from_slice(&ids.get(eip).to_le_bytes());
-            snap.extend_from_slice(&s.at.to_le_bytes());
-            snap.extend_from_slice(&s.inbound_bytes.to_le_bytes());
-            snap.extend_from_slice(&s.outbound_bytes.to_le_bytes());
-        }
         tx.execute(
-            "INSERT OR REPLACE INTO snapshot (id, data) VALUES (1, ?1)",
-            [snap],
+            "INSERT OR REPLACE INTO snapshot (id, seq, boundary, bytes) VALUES (1, ?1, ?2, ?3)",
+            params![seq, boundary, snapshot.len() as i64],
         )
         .map_err(sql("write snapshot"))?;
-        write_closed(&tx, &ids, closed)?;
+        write_closed(&tx, &id, closed)?;
         {
             let mut stmt = tx
                 .prepare_cached("INSERT OR REPLACE INTO checkpoints (eip, series) VALUES (?1, ?2)")
                 .map_err(sql("write checkpoints"))?;
             for (eip, series) in checkpoints {
                 let json = serde_json::to_string(series).expect("series serializes");
-                stmt.execute(params![ids.get(eip), json])
+                stmt.execute(params![id(eip), json])
                     .map_err(sql("write checkpoints"))?;
             }
         }
         tx.commit().map_err(sql("commit round"))?;
-        self.addresses
-            .extend(fresh.iter().map(|(eip, id)| (*id, *eip)));
-        self.ids.extend(fresh);
+        self.next_seq += 1;
+        if let Some(old) = previous_snapshot.filter(|&old| old != seq) {
+            let _ = std::fs::remove_file(self.snapshot_file(old));
+        }
+        for (eid, eip) in new_eips {
+            self.ids.insert(*eip, *eid);
+            self.addresses.insert(*eid, *eip);
+        }
         Ok(())
     }
 
-    /// Commits an EIP's last samples and figures and forgets its live state (the snapshot
-    /// passed is the one without it).
+    /// Commits an EIP's last samples and figures and forgets its checkpoint; `snapshot` is the
+    /// snapshot of every other EIP.
+    #[allow(clippy::too_many_arguments)]
     pub fn commit_removal(
         &mut self,
         host: &str,
         eip: IpAddr,
         boundary: i64,
-        samples: &[(IpAddr, Sample)],
+        samples: &[u8],
+        snapshot: &[u8],
+        new_eips: &[(u32, IpAddr)],
         closed: &Closed,
-        snapshots: &HashMap<IpAddr, Snapshot>,
     ) -> Result<(), StoreError> {
         self.commit_round(
             host,
             boundary,
             samples,
-            snapshots,
+            snapshot,
+            new_eips,
             &[(eip, closed.clone())],
             &[],
         )?;
@@ -411,13 +513,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT host, samples FROM rounds ORDER BY seq")
+            .prepare("SELECT host, seq, bytes, boundary FROM rounds ORDER BY seq")
             .map_err(sql("read samples"))?;
         let mut rows = stmt.query([]).map_err(sql("read samples"))?;
         while let Some(row) = rows.next().map_err(sql("read samples"))? {
             let host: String = row.get(0).map_err(sql("read samples"))?;
-            let blob: Vec<u8> = row.get(1).map_err(sql("read samples"))?;
-            for (id, s) in decode_samples(&blob) {
+            let seq: i64 = row.get(1).map_err(sql("read samples"))?;
+            let bytes: i64 = row.get(2).map_err(sql("read samples"))?;
+            let boundary: i64 = row.get(3).map_err(sql("read samples"))?;
+            let blob = read_records(&self.samples_file(seq), bytes)?;
+            for (id, s) in decode_samples(&blob, boundary) {
                 let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
                     what: "sample",
                     eip: id.to_string(),
@@ -444,7 +549,7 @@ impl Store {
 
 fn write_closed(
     tx: &rusqlite::Transaction<'_>,
-    ids: &IdLookup<'_>,
+    id_of: &dyn Fn(&IpAddr) -> u32,
     closed: &[(IpAddr, Closed)],
 ) -> Result<(), StoreError> {
     let mut day = tx
@@ -458,7 +563,7 @@ fn write_closed(
         )
         .map_err(sql("write monthly figures"))?;
     for (eip, c) in closed {
-        let id = ids.get(eip);
+        let id = id_of(eip);
         for (d, f) in &c.days {
             let json = serde_json::to_string(f).expect("figures serialize");
             day.execute(params![id, d.to_string(), json])
@@ -541,6 +646,26 @@ mod tests {
         let mut csv = Vec::new();
         assert_eq!(s.store().export_samples(&mut csv).unwrap(), 5);
         assert!(String::from_utf8(csv).unwrap().starts_with("eip,interval_start,bytes_in,bytes_out,host\n203.0.113.10,2026-10-31T16:00:00+00:00,1000,10,r1\n"));
+    }
+
+    #[test]
+    fn files_of_an_uncommitted_round_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let eip: IpAddr = "203.0.113.10".parse().unwrap();
+        {
+            let mut s = sampler(&db);
+            s.eip_added(eip, T0);
+            s.round(T0 + 300, &[(eip, counters(1000, 10))]).unwrap();
+        }
+        // A crash between writing a round's files and committing it leaves these behind.
+        let rounds = dir.path().join("rounds");
+        std::fs::write(rounds.join("000000000007.samples"), b"junk").unwrap();
+        std::fs::write(rounds.join("000000000007.snapshot"), b"junk").unwrap();
+        let s = sampler(&db);
+        assert!(!rounds.join("000000000007.samples").exists());
+        assert!(!rounds.join("000000000007.snapshot").exists());
+        assert_eq!(s.store().sample_totals(eip).unwrap(), (1, 1000, 10));
     }
 
     #[test]
