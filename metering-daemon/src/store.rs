@@ -207,16 +207,7 @@ impl Store {
             ids: HashMap::new(),
             addresses: HashMap::new(),
         };
-        let rows: Vec<(u32, String)> = {
-            let mut stmt = store
-                .conn
-                .prepare("SELECT id, address FROM eips")
-                .map_err(sql("read EIP ids"))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(sql("read EIP ids"))?
-                .collect::<Result<_, _>>()
-                .map_err(sql("read EIP ids"))?
-        };
+        let rows = id_text_rows(&store.conn, "SELECT id, address FROM eips", "read EIP ids")?;
         for (id, address) in rows {
             let eip = parse_eip(&address)?;
             store.ids.insert(eip, id);
@@ -301,16 +292,11 @@ impl Store {
 
     /// Every checkpointed series, brought up to date with the samples committed after it.
     pub fn load_series(&self, calendar: Calendar) -> Result<Vec<(IpAddr, Series)>, StoreError> {
-        let rows: Vec<(u32, String)> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT eip, series FROM checkpoints")
-                .map_err(sql("read checkpoints"))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(sql("read checkpoints"))?
-                .collect::<Result<_, _>>()
-                .map_err(sql("read checkpoints"))?
-        };
+        let rows = id_text_rows(
+            &self.conn,
+            "SELECT eip, series FROM checkpoints",
+            "read checkpoints",
+        )?;
         let mut series: HashMap<u32, Series> = HashMap::new();
         let mut oldest = i64::MAX;
         for (id, json) in rows {
@@ -577,6 +563,19 @@ fn write_closed(
         }
     }
     Ok(())
+}
+
+/// All `(integer id, text)` rows of a two-column query.
+fn id_text_rows(
+    conn: &Connection,
+    query: &str,
+    op: &'static str,
+) -> Result<Vec<(u32, String)>, StoreError> {
+    let mut stmt = conn.prepare(query).map_err(sql(op))?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql(op))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(op))
 }
 
 fn parse_eip(s: &str) -> Result<IpAddr, StoreError> {

@@ -216,6 +216,17 @@ fn bytes(e: u64, i: u64) -> u64 {
     x % 40_000_000_000
 }
 
+/// The `i`th sample of EIP `e` in the benchmark month (outbound half of inbound).
+fn month_sample(e: u64, i: i64) -> Sample {
+    let b = bytes(e, i as u64);
+    Sample {
+        start: T0 + i * i64::from(INTERVAL),
+        inbound_bytes: b,
+        outbound_bytes: b / 2,
+        state: SampleState::Measured,
+    }
+}
+
 fn child_rss(kind: &str, n: u32) -> Result<f64> {
     let out = Command::new(std::env::current_exe()?)
         .args(["--rss-probe", kind, &n.to_string()])
@@ -245,13 +256,7 @@ fn rss_probe(kind: &str, n: u32) -> Result<()> {
             // Interval-major, as the daemon feeds it: every EIP's series open at once.
             for i in 0..MONTH_SAMPLES - 1 {
                 for (e, s) in all.iter_mut().enumerate() {
-                    let b = bytes(e as u64, i as u64);
-                    s.push(Sample {
-                        start: T0 + i * i64::from(INTERVAL),
-                        inbound_bytes: b,
-                        outbound_bytes: b / 2,
-                        state: SampleState::Measured,
-                    })?;
+                    s.push(month_sample(e as u64, i))?;
                     // As the daemon does each round: closed figures go to the store.
                     std::hint::black_box(s.take_closed());
                 }
@@ -295,13 +300,7 @@ fn monthly_bench(n: u32) -> Result<(f64, f64)> {
             BandwidthHistory::default(),
         );
         for i in 0..MONTH_SAMPLES {
-            let b = bytes(e, i as u64);
-            s.push(Sample {
-                start: T0 + i * i64::from(INTERVAL),
-                inbound_bytes: b,
-                outbound_bytes: b / 2,
-                state: SampleState::Measured,
-            })?;
+            s.push(month_sample(e, i))?;
         }
         s.close();
         let m = s.take_closed().months.remove(0).1;
