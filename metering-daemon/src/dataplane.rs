@@ -392,17 +392,6 @@ impl Dataplane {
         }
     }
 
-    /// Counters of traffic whose address is no EIP.
-    pub fn read_non_eip(&self) -> Result<TrafficCounters, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(MAP_NON_EIP_COUNTERS)
-            .expect("map is in the object");
-        let map = PerCpuArray::<_, TrafficCounters>::try_from(map)
-            .map_err(map_err(MAP_NON_EIP_COUNTERS, "open"))?;
-        read_slot(&map, 0)
-    }
-
     /// Stops the data plane as configured: `detach` removes links and pins, `keep` leaves both.
     pub fn shutdown(self) -> Result<(), DataplaneError> {
         match self.config.on_exit {

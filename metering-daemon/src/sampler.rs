@@ -18,7 +18,7 @@ use crate::{
         series::{BandwidthHistory, Closed, Sample, Series, SeriesOptions},
     },
     store,
-    store::{Store, StoreError},
+    store::{RoundRecords, Store, StoreError},
 };
 
 /// The cumulative counters of one EIP at an instant.
@@ -203,10 +203,6 @@ impl Sampler {
         }
     }
 
-    pub fn calendar(&self) -> &Calendar {
-        &self.calendar
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -302,15 +298,15 @@ impl Sampler {
             .iter()
             .map(|&i| (self.states[i].eip, &self.states[i].series))
             .collect();
-        let committed = self.store.commit_round(
-            &self.host,
+        let committed = self.store.commit_round(RoundRecords {
+            host: &self.host,
             boundary,
-            &samples_blob,
-            &snapshot_blob,
-            &new_ids,
-            &closed,
-            &checkpoint,
-        );
+            samples: &samples_blob,
+            snapshot: &snapshot_blob,
+            new_eips: &new_ids,
+            closed: &closed,
+            checkpoints: &checkpoint,
+        });
         if let Err(e) = committed {
             // The snapshots move on only with a committed round, so the next round's delta
             // covers this one as a whole.
@@ -402,14 +398,18 @@ impl Sampler {
         // The snapshot written is everyone's but this EIP's.
         let removed = self.states.swap_remove(i);
         let snapshot_blob = self.snapshot_blob(boundary);
+        let closed = [(eip, closed)];
         let result = self.store.commit_removal(
-            &self.host,
+            RoundRecords {
+                host: &self.host,
+                boundary,
+                samples: &samples_blob,
+                snapshot: &snapshot_blob,
+                new_eips: &new_ids,
+                closed: &closed,
+                checkpoints: &[],
+            },
             eip,
-            boundary,
-            &samples_blob,
-            &snapshot_blob,
-            &new_ids,
-            &closed,
         );
         if let Err(e) = result {
             self.states.push(removed);
@@ -443,8 +443,15 @@ impl Sampler {
             .max()
             .unwrap_or(0);
         let snapshot_blob = self.snapshot_blob(last);
-        self.store
-            .commit_round(&self.host, last, &[], &snapshot_blob, &[], &[], &all)
+        self.store.commit_round(RoundRecords {
+            host: &self.host,
+            boundary: last,
+            samples: &[],
+            snapshot: &snapshot_blob,
+            new_eips: &[],
+            closed: &[],
+            checkpoints: &all,
+        })
     }
 }
 

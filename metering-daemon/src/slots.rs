@@ -108,10 +108,6 @@ impl SlotTable {
         })
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
     pub fn len(&self) -> usize {
         self.by_addr.len()
     }

@@ -108,6 +108,19 @@ pub fn encode_snapshot(out: &mut Vec<u8>, id: u32, boundary: i64, s: &Snapshot) 
     out.extend_from_slice(&s.outbound_bytes.to_le_bytes());
 }
 
+/// What one commit writes: the round's sample records ([`encode_sample`]), the full counter
+/// snapshot they were computed against ([`encode_snapshot`]), the EIPs it registers, closed
+/// figures and series checkpoints.
+pub struct RoundRecords<'a> {
+    pub host: &'a str,
+    pub boundary: i64,
+    pub samples: &'a [u8],
+    pub snapshot: &'a [u8],
+    pub new_eips: &'a [(u32, IpAddr)],
+    pub closed: &'a [(IpAddr, Closed)],
+    pub checkpoints: &'a [(IpAddr, &'a Series)],
+}
+
 pub struct Store {
     conn: Connection,
     /// `<state_dir>/rounds/`: `<seq>.samples` and `<seq>.snapshot` files, referenced by rows.
@@ -178,15 +191,17 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         let files = path.with_file_name("rounds");
         std::fs::create_dir_all(&files)?;
-        let next_seq: i64 = conn
-            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM rounds", [], |r| {
-                r.get(0)
-            })
-            .map_err(open_err)?;
         let snapshot_seq: Option<i64> = conn
             .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
             .optional()
             .map_err(open_err)?;
+        // Past every committed sequence number, of rounds *and* of the snapshot (a commit without
+        // samples, such as the shutdown checkpoint, has only the latter): a new round must never
+        // write over a file a committed row refers to.
+        let last_round: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM rounds", [], |r| r.get(0))
+            .map_err(open_err)?;
+        let next_seq = last_round.max(snapshot_seq.unwrap_or(0)) + 1;
         // Files no committed row refers to were written by a round that crashed before its
         // commit: remove them.
         for entry in std::fs::read_dir(&files)?.flatten() {
@@ -363,20 +378,35 @@ impl Store {
         self.ids.len() as u32 + 1
     }
 
-    /// Commits one round atomically: its samples (encoded with [`encode_sample`]), the full
-    /// counter snapshot they were computed against ([`encode_snapshot`]), the EIPs it registers,
-    /// closed figures and checkpoints. On error nothing is written.
-    #[allow(clippy::too_many_arguments)]
-    pub fn commit_round(
+    /// Commits one round atomically. On error nothing is written.
+    pub fn commit_round(&mut self, round: RoundRecords<'_>) -> Result<(), StoreError> {
+        self.commit(round, None)
+    }
+
+    /// Commits an EIP's last round (its final samples and figures, and the snapshot of every
+    /// other EIP) and forgets its checkpoint, in one transaction.
+    pub fn commit_removal(
         &mut self,
-        host: &str,
-        boundary: i64,
-        samples: &[u8],
-        snapshot: &[u8],
-        new_eips: &[(u32, IpAddr)],
-        closed: &[(IpAddr, Closed)],
-        checkpoints: &[(IpAddr, &Series)],
+        round: RoundRecords<'_>,
+        eip: IpAddr,
     ) -> Result<(), StoreError> {
+        self.commit(round, Some(eip))
+    }
+
+    fn commit(
+        &mut self,
+        round: RoundRecords<'_>,
+        forget: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        let RoundRecords {
+            host,
+            boundary,
+            samples,
+            snapshot,
+            new_eips,
+            closed,
+            checkpoints,
+        } = round;
         let fresh: HashMap<IpAddr, u32> = new_eips.iter().map(|(id, eip)| (*eip, *id)).collect();
         let id = |eip: &IpAddr| -> u32 {
             self.ids
@@ -431,6 +461,10 @@ impl Store {
                     .map_err(sql("write checkpoints"))?;
             }
         }
+        if let Some(eip) = forget {
+            tx.execute("DELETE FROM checkpoints WHERE eip = ?1", [id(&eip)])
+                .map_err(sql("forget removed EIP"))?;
+        }
         tx.commit().map_err(sql("commit round"))?;
         self.next_seq += 1;
         if let Some(old) = previous_snapshot.filter(|&old| old != seq) {
@@ -439,36 +473,6 @@ impl Store {
         for (eid, eip) in new_eips {
             self.ids.insert(*eip, *eid);
             self.addresses.insert(*eid, *eip);
-        }
-        Ok(())
-    }
-
-    /// Commits an EIP's last samples and figures and forgets its checkpoint; `snapshot` is the
-    /// snapshot of every other EIP.
-    #[allow(clippy::too_many_arguments)]
-    pub fn commit_removal(
-        &mut self,
-        host: &str,
-        eip: IpAddr,
-        boundary: i64,
-        samples: &[u8],
-        snapshot: &[u8],
-        new_eips: &[(u32, IpAddr)],
-        closed: &Closed,
-    ) -> Result<(), StoreError> {
-        self.commit_round(
-            host,
-            boundary,
-            samples,
-            snapshot,
-            new_eips,
-            &[(eip, closed.clone())],
-            &[],
-        )?;
-        if let Some(id) = self.ids.get(&eip) {
-            self.conn
-                .execute("DELETE FROM checkpoints WHERE eip = ?1", [id])
-                .map_err(sql("forget removed EIP"))?;
         }
         Ok(())
     }
@@ -665,6 +669,56 @@ mod tests {
         assert!(!rounds.join("000000000007.samples").exists());
         assert!(!rounds.join("000000000007.snapshot").exists());
         assert_eq!(s.store().sample_totals(eip).unwrap(), (1, 1000, 10));
+    }
+
+    #[test]
+    fn a_restart_after_a_clean_shutdown_never_reuses_the_committed_snapshot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let eip: IpAddr = "203.0.113.10".parse().unwrap();
+        {
+            let mut s = sampler(&db);
+            s.eip_added(eip, T0);
+            s.round(T0 + 300, &[(eip, counters(1000, 10))]).unwrap();
+            s.checkpoint_all().unwrap(); // a commit with a snapshot and no samples
+        }
+        let store = Store::open(&db).unwrap();
+        let committed: i64 = store
+            .conn
+            .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        // The next round writes its files before committing: they must not be the committed ones.
+        assert!(
+            store.next_seq > committed,
+            "next {} <= committed {committed}",
+            store.next_seq
+        );
+        assert!(store.snapshot_file(committed).exists());
+    }
+
+    #[test]
+    fn removing_an_eip_forgets_its_checkpoint_in_the_same_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let (a, b): (IpAddr, IpAddr) = (
+            "203.0.113.10".parse().unwrap(),
+            "203.0.113.11".parse().unwrap(),
+        );
+        let mut s = sampler(&db);
+        s.eip_added(a, T0);
+        s.eip_added(b, T0);
+        s.round(T0 + 300, &[(a, counters(10, 1)), (b, counters(20, 2))])
+            .unwrap();
+        s.eip_removed(b, T0 + 400, &counters(50, 5)).unwrap();
+        let checkpoints: i64 = s
+            .store()
+            .conn
+            .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(checkpoints, 1);
+        assert_eq!(s.store().sample_totals(b).unwrap().1, 50);
+        drop(s);
+        assert_eq!(sampler(&db).store().load_snapshots().unwrap().len(), 1);
     }
 
     #[test]

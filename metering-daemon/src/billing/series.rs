@@ -12,7 +12,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BPS_PER_MBPS, GbUnit, SampleRule, SampleState, average_bps, billing_bps,
+    GbUnit, SampleRule, SampleState, average_bps, billing_bps,
     calendar::{Calendar, Month},
     rules,
     topk::TopK,
@@ -251,10 +251,6 @@ impl Series {
         self.last_start
     }
 
-    pub fn set_bandwidth(&mut self, bandwidth: BandwidthHistory) {
-        self.bandwidth = bandwidth;
-    }
-
     /// Records a bandwidth change observed live.
     pub fn record_bandwidth(&mut self, at: i64, mbps: u64) {
         self.bandwidth.push(at, mbps);
@@ -440,11 +436,6 @@ fn gb(bytes: u64, unit: GbUnit) -> f64 {
     bytes as f64 / unit.bytes() as f64
 }
 
-/// Mbit/s of a bit/s value, as a float, for display only.
-pub fn mbps_display(bps: u64) -> f64 {
-    bps as f64 / BPS_PER_MBPS as f64
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -452,6 +443,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::billing::BPS_PER_MBPS;
 
     const T0: i64 = 1_793_462_400; // 2026-11-01T00:00:00+08:00
 

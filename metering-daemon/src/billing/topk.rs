@@ -18,10 +18,6 @@ impl TopK {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.k
-    }
-
     pub fn len(&self) -> usize {
         self.heap.len()
     }
