@@ -8,12 +8,18 @@
 //! `EIP -> slot` into a preallocated hash ([`MAP_EIP_SLOTS`]); the programs count into a per-CPU
 //! array indexed by slot ([`MAP_EIP_COUNTERS`]). Nothing is ever evicted and no packet has to
 //! insert anything, so no first packet can be lost to a lookup-then-insert race.
+//!
+//! Enforcement hangs off the same slot: [`MAP_EIP_POLICY`] says whether the EIP is active or
+//! blocked and which bucket pair caps it; the bucket pairs live in [`MAP_BUCKET_CONFIG`] (written
+//! by the daemon only) and [`MAP_BUCKET_STATE`] (written by the programs only, with atomics).
+//! An EIP's own buckets sit at its slot's index; a shared-bandwidth group's at
+//! `capacity + group index`.
 #![no_std]
 
 /// Version of the pinned-object layout. Every change to a map's key, value or meaning must bump
 /// it: aya reuses an existing pinned map without checking its layout, so a new layout must never
 /// find an old pin under the same path.
-pub const PIN_LAYOUT_VERSION: &str = "v1";
+pub const PIN_LAYOUT_VERSION: &str = "v2";
 
 /// `EIP -> slot` hash, filled by the daemon. Key [`EipKey`], value `u32` slot.
 pub const MAP_EIP_SLOTS: &str = "EIP_SLOTS";
@@ -21,6 +27,15 @@ pub const MAP_EIP_SLOTS: &str = "EIP_SLOTS";
 pub const MAP_EIP_COUNTERS: &str = "EIP_COUNTERS";
 /// Per-CPU [`TrafficCounters`] with one entry: traffic on the hooks whose address is no EIP.
 pub const MAP_NON_EIP_COUNTERS: &str = "NON_EIP_COUNTERS";
+
+/// [`EipPolicy`] by slot, written by the daemon.
+pub const MAP_EIP_POLICY: &str = "EIP_POLICY";
+/// [`DropCounters`] by slot (shared across CPUs, added to atomically: drops are the rare path).
+pub const MAP_EIP_DROPS: &str = "EIP_DROPS";
+/// [`BucketPairConfig`] by bucket pair, written by the daemon.
+pub const MAP_BUCKET_CONFIG: &str = "BUCKET_CONFIG";
+/// [`BucketPairState`] by bucket pair, written by the programs with compare-and-swap.
+pub const MAP_BUCKET_STATE: &str = "BUCKET_STATE";
 
 /// TC program on the uplink's ingress: counts traffic *towards* an EIP (destination address).
 pub const PROG_INGRESS: &str = "eip_ingress";
@@ -133,13 +148,139 @@ impl TrafficCounters {
     }
 }
 
+/// [`EipPolicy::state`]: the EIP gets service.
+pub const STATE_ACTIVE: u32 = 0;
+/// [`EipPolicy::state`] values at or above this one block the EIP (both directions dropped);
+/// the value says why, for the operator (the kernel treats them all alike).
+pub const STATE_BLOCKED_EXPIRED: u32 = 1;
+pub const STATE_BLOCKED_ARREARS: u32 = 2;
+pub const STATE_BLOCKED_FROZEN: u32 = 3;
+/// [`EipPolicy::bucket`] of an EIP without a cap.
+pub const NO_BUCKET: u32 = u32::MAX;
+/// [`EipPolicy::flags`]: mark ECN-capable packets CE once the backlog passes `mark_ns`.
+pub const POLICY_FLAG_ECN: u32 = 1;
+
+/// What the programs do with an EIP's packets, by slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EipPolicy {
+    /// [`STATE_ACTIVE`] or one of the `STATE_BLOCKED_*` reasons.
+    pub state: u32,
+    /// Index into the bucket maps, or [`NO_BUCKET`].
+    pub bucket: u32,
+    /// `POLICY_FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<EipPolicy>() == 16);
+
+impl Default for EipPolicy {
+    fn default() -> Self {
+        Self {
+            state: STATE_ACTIVE,
+            bucket: NO_BUCKET,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// One direction's cap, as a GCRA (virtual-scheduling token bucket) in nanoseconds.
+///
+/// A packet of `b` bytes costs `b * 8e9 / rate_bps` ns. The bucket's state is its *theoretical
+/// arrival time* `tat`; `backlog = max(tat, now) - now` is how far the EIP has run ahead of its
+/// rate. A packet passes while `backlog <= burst_ns` (then `tat = max(tat, now) + cost`), which
+/// is a token bucket `burst_ns * rate` bytes deep that never starves a large packet. Above
+/// `mark_ns` an ECN-capable packet is passed with CE set, so its sender slows down before the
+/// bucket runs dry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Cap in bit/s at the IP layer; 0 = no cap in this direction.
+    pub rate_bps: u64,
+    pub burst_ns: u64,
+    pub mark_ns: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<BucketConfig>() == 32);
+
+/// Inbound and outbound caps of one bucket pair (an EIP's own, or a group's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketPairConfig {
+    pub inbound: BucketConfig,
+    pub outbound: BucketConfig,
+}
+const _: () = assert!(core::mem::size_of::<BucketPairConfig>() == 64);
+
+/// A bucket's moving part, updated by the programs with atomic compare-and-swap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketState {
+    /// Theoretical arrival time, `bpf_ktime_get_ns` clock.
+    pub tat: u64,
+}
+const _: () = assert!(core::mem::size_of::<BucketState>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketPairState {
+    pub inbound: BucketState,
+    pub outbound: BucketState,
+}
+const _: () = assert!(core::mem::size_of::<BucketPairState>() == 16);
+
+/// Traffic the programs did not deliver (or delivered marked), one direction.
+/// Same unit as [`DirectionCounters`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectionDrops {
+    /// Dropped over the cap.
+    pub rate_limited_packets: u64,
+    pub rate_limited_bytes: u64,
+    /// Dropped because the EIP is blocked.
+    pub blocked_packets: u64,
+    pub blocked_bytes: u64,
+    /// Delivered with CE set because the EIP neared its cap.
+    pub ecn_marked_packets: u64,
+    pub ecn_marked_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<DirectionDrops>() == 48);
+
+impl DirectionDrops {
+    pub const fn plus(self, o: Self) -> Self {
+        Self {
+            rate_limited_packets: self
+                .rate_limited_packets
+                .wrapping_add(o.rate_limited_packets),
+            rate_limited_bytes: self.rate_limited_bytes.wrapping_add(o.rate_limited_bytes),
+            blocked_packets: self.blocked_packets.wrapping_add(o.blocked_packets),
+            blocked_bytes: self.blocked_bytes.wrapping_add(o.blocked_bytes),
+            ecn_marked_packets: self.ecn_marked_packets.wrapping_add(o.ecn_marked_packets),
+            ecn_marked_bytes: self.ecn_marked_bytes.wrapping_add(o.ecn_marked_bytes),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    pub inbound: DirectionDrops,
+    pub outbound: DirectionDrops,
+}
+const _: () = assert!(core::mem::size_of::<DropCounters>() == 96);
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are #[repr(C)], made only of integers, with no padding (sizes asserted
+    // SAFETY: every type below is #[repr(C)], made only of integers, with no padding (sizes asserted
     // above), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::EipKey {}
     unsafe impl aya::Pod for super::DirectionCounters {}
     unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::EipPolicy {}
+    unsafe impl aya::Pod for super::BucketPairConfig {}
+    unsafe impl aya::Pod for super::BucketPairState {}
+    unsafe impl aya::Pod for super::DropCounters {}
 }
 
 #[cfg(test)]

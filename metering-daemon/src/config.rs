@@ -31,11 +31,102 @@ pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/eip-meter";
 pub const DEFAULT_INSTANCE: &str = "default";
 
 /// Validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub dataplane: DataplaneConfig,
     pub sampler: SamplerConfig,
+    pub policing: PolicingConfig,
+    /// Shared bandwidths, by name.
+    pub groups: Vec<GroupConfig>,
     pub eips: Vec<EipConfig>,
+}
+
+/// Default share of each purchased bandwidth this router enforces (one of a dual-active pair).
+pub const DEFAULT_SHARE: f64 = 0.75;
+/// Default bucket depth in milliseconds at the capped rate, chosen from measurements (README,
+/// "Choosing the burst"): one CUBIC flow got 49% of the cap with 100 ms, 94% with 200 ms, 97.5%
+/// with 250 ms; GCRA bounds any 10 s window to `cap x (1 + burst / 10 s)` = 102.5%.
+pub const DEFAULT_BURST_MS: f64 = 250.0;
+/// Default backlog beyond which ECN-capable packets are marked CE (half the burst: 40% fewer
+/// retransmissions than without marks, same goodput, in the same measurement).
+pub const DEFAULT_ECN_MARK_MS: f64 = 125.0;
+/// Default number of shared-bandwidth groups the bucket maps have room for.
+pub const DEFAULT_GROUP_CAPACITY: u32 = 4096;
+
+/// How caps are enforced; every field takes effect on reload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicingConfig {
+    /// This router's share of each purchased bandwidth: 0.75 for a dual-active pair (each
+    /// router caps at 75%, together 150%), 1.0 for a single router.
+    pub share: f64,
+    /// Bucket depth in ms at the capped rate: how far an EIP may run ahead of its cap.
+    pub burst_ms: f64,
+    /// Backlog in ms beyond which ECN-capable packets are marked CE.
+    pub ecn_mark_ms: f64,
+    /// Mark ECN-capable packets CE when their EIP nears its cap.
+    pub ecn: bool,
+}
+
+impl Default for PolicingConfig {
+    fn default() -> Self {
+        Self {
+            share: DEFAULT_SHARE,
+            burst_ms: DEFAULT_BURST_MS,
+            ecn_mark_ms: DEFAULT_ECN_MARK_MS,
+            ecn: true,
+        }
+    }
+}
+
+/// Why an EIP gets service or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EipState {
+    #[default]
+    Active,
+    /// The subscription ran out.
+    Expired,
+    /// The account is in arrears.
+    Arrears,
+    /// Frozen by the operator.
+    Frozen,
+}
+
+impl EipState {
+    pub const ALL: [EipState; 4] = [Self::Active, Self::Expired, Self::Arrears, Self::Frozen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Arrears => "arrears",
+            Self::Frozen => "frozen",
+        }
+    }
+
+    /// The kernel's `EipPolicy::state` code.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Active => metering_common::STATE_ACTIVE,
+            Self::Expired => metering_common::STATE_BLOCKED_EXPIRED,
+            Self::Arrears => metering_common::STATE_BLOCKED_ARREARS,
+            Self::Frozen => metering_common::STATE_BLOCKED_FROZEN,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+/// A shared bandwidth: every member EIP draws on one cap per direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Purchased bandwidth, Mbit/s (the cap of both directions unless overridden).
+    pub bandwidth_mbps: u64,
+    pub inbound_mbps: Option<u64>,
+    pub outbound_mbps: Option<u64>,
 }
 
 /// Default directory of the sample store.
@@ -99,6 +190,8 @@ pub struct DataplaneConfig {
     pub instance: String,
     pub on_exit: OnExit,
     pub attach_mode: AttachMode,
+    /// Shared-bandwidth groups the bucket maps have room for, fixed when the maps are created.
+    pub group_capacity: u32,
 }
 
 impl DataplaneConfig {
@@ -111,6 +204,7 @@ impl DataplaneConfig {
             instance: DEFAULT_INSTANCE.to_owned(),
             on_exit: OnExit::default(),
             attach_mode: AttachMode::default(),
+            group_capacity: DEFAULT_GROUP_CAPACITY,
         }
     }
 
@@ -126,8 +220,15 @@ impl DataplaneConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EipConfig {
     pub address: IpAddr,
-    /// Purchased bandwidth in Mbit/s (for the enhanced-95 baseline).
+    /// Purchased bandwidth in Mbit/s: the enhanced-95 baseline and, times the share, the cap of
+    /// both directions. `None`: metered, not capped.
     pub bandwidth_mbps: Option<u64>,
+    /// Per-direction purchased bandwidths overriding `bandwidth_mbps` for the cap.
+    pub inbound_mbps: Option<u64>,
+    pub outbound_mbps: Option<u64>,
+    /// The shared bandwidth this EIP draws on (then it has no caps of its own).
+    pub group: Option<String>,
+    pub state: EipState,
 }
 
 impl EipConfig {
@@ -135,6 +236,10 @@ impl EipConfig {
         Self {
             address,
             bandwidth_mbps: None,
+            inbound_mbps: None,
+            outbound_mbps: None,
+            group: None,
+            state: EipState::Active,
         }
     }
 }
@@ -173,9 +278,39 @@ pub struct ConfigFile {
     pub dataplane: DataplaneSection,
     #[serde(default)]
     pub sampler: Option<Spanned<SamplerSection>>,
+    #[serde(default)]
+    pub policing: Option<Spanned<PolicingSection>>,
+    /// Shared bandwidths, one `[[group]]` table each.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupSection>,
     /// The EIP inventory, one `[[eip]]` table each.
     #[serde(default, rename = "eip")]
     pub eips: Vec<EipSection>,
+}
+
+/// `[policing]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicingSection {
+    /// 0 < share <= 1 (default 0.75).
+    pub share: Option<f64>,
+    /// Milliseconds, > 0 (default 250).
+    pub burst_ms: Option<f64>,
+    /// Milliseconds, <= burst_ms (default 125, or burst_ms if that is smaller).
+    pub ecn_mark_ms: Option<f64>,
+    /// Default true.
+    pub ecn: Option<bool>,
+}
+
+/// `[[group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// `[A-Za-z0-9_.-]{1,64}`, unique.
+    pub name: Spanned<String>,
+    pub bandwidth_mbps: Spanned<u64>,
+    pub inbound_mbps: Option<Spanned<u64>>,
+    pub outbound_mbps: Option<Spanned<u64>>,
 }
 
 /// `[dataplane]`.
@@ -199,6 +334,9 @@ pub struct DataplaneSection {
     /// `auto` (default), `tcx` or `netlink`.
     #[serde(default)]
     pub attach_mode: Option<Spanned<AttachMode>>,
+    /// Groups the bucket maps have room for (default 4096, at most `capacity`).
+    #[serde(default)]
+    pub group_capacity: Option<Spanned<u32>>,
 }
 
 /// `[sampler]`; every field optional.
@@ -227,6 +365,14 @@ pub struct EipSection {
     pub address: Spanned<IpAddr>,
     /// Purchased bandwidth, Mbit/s.
     pub bandwidth_mbps: Option<Spanned<u64>>,
+    /// Inbound purchased bandwidth, Mbit/s, if it differs.
+    pub inbound_mbps: Option<Spanned<u64>>,
+    /// Outbound purchased bandwidth, Mbit/s, if it differs.
+    pub outbound_mbps: Option<Spanned<u64>>,
+    /// Name of a `[[group]]`.
+    pub group: Option<Spanned<String>>,
+    /// "active" (default), "expired", "arrears" or "frozen".
+    pub state: Option<EipState>,
 }
 
 // ---- Errors ------------------------------------------------------------------------------
@@ -426,6 +572,93 @@ impl Config {
             }
         }
 
+        let group_capacity = d
+            .group_capacity
+            .as_ref()
+            .map_or(DEFAULT_GROUP_CAPACITY, |g| *g.get_ref());
+        if let Some(g) = &d.group_capacity
+            && (*g.get_ref() == 0 || *g.get_ref() > MAX_CAPACITY)
+        {
+            problem(
+                g.span(),
+                format!("group_capacity must be between 1 and {MAX_CAPACITY}"),
+            );
+        }
+
+        let mut policing = PolicingConfig::default();
+        if let Some(section) = &file.policing {
+            let span = section.span();
+            let p = section.get_ref();
+            policing.share = p.share.unwrap_or(policing.share);
+            policing.burst_ms = p.burst_ms.unwrap_or(policing.burst_ms);
+            policing.ecn_mark_ms = p
+                .ecn_mark_ms
+                .unwrap_or(policing.ecn_mark_ms.min(policing.burst_ms));
+            policing.ecn = p.ecn.unwrap_or(policing.ecn);
+            if !(policing.share > 0.0 && policing.share <= 1.0) {
+                problem(
+                    span.clone(),
+                    "[policing]: share must be in (0, 1] (0.75 for a dual-active pair, 1.0 alone)"
+                        .to_owned(),
+                );
+            }
+            if !(policing.burst_ms > 0.0 && policing.burst_ms <= 10_000.0) {
+                problem(
+                    span.clone(),
+                    "[policing]: burst_ms must be in (0, 10000]".to_owned(),
+                );
+            }
+            if !(policing.ecn_mark_ms >= 0.0 && policing.ecn_mark_ms <= policing.burst_ms) {
+                problem(
+                    span,
+                    "[policing]: ecn_mark_ms must be between 0 and burst_ms".to_owned(),
+                );
+            }
+        }
+
+        let mut seen_group: HashMap<String, Range<usize>> = HashMap::new();
+        for g in &file.groups {
+            let name = g.name.get_ref();
+            if !valid_group_name(name) {
+                problem(
+                    g.name.span(),
+                    "group name must match [A-Za-z0-9_.-]{1,64}".to_owned(),
+                );
+            } else if let Some(first) = seen_group.get(name) {
+                let (l, _) = line_col(text, first.start);
+                problem(
+                    g.name.span(),
+                    format!("group `{name}` is defined twice (first on line {l})"),
+                );
+            } else {
+                seen_group.insert(name.clone(), g.name.span());
+            }
+            for bw in [
+                Some(&g.bandwidth_mbps),
+                g.inbound_mbps.as_ref(),
+                g.outbound_mbps.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if *bw.get_ref() == 0 {
+                    problem(
+                        bw.span(),
+                        "a bandwidth must be at least 1 Mbit/s".to_owned(),
+                    );
+                }
+            }
+        }
+        if file.groups.len() > group_capacity as usize {
+            problems_push_global(
+                &mut problem,
+                &format!(
+                    "{} groups do not fit in dataplane.group_capacity {group_capacity}",
+                    file.groups.len()
+                ),
+            );
+        }
+
         let mut seen_eip: HashMap<IpAddr, Range<usize>> = HashMap::new();
         for eip in &file.eips {
             let addr = normalize(*eip.address.get_ref());
@@ -445,10 +678,35 @@ impl Config {
             } else {
                 seen_eip.insert(addr, eip.address.span());
             }
-            if let Some(bw) = &eip.bandwidth_mbps
-                && *bw.get_ref() == 0
+            for bw in [&eip.bandwidth_mbps, &eip.inbound_mbps, &eip.outbound_mbps]
+                .into_iter()
+                .flatten()
             {
-                problem(bw.span(), "bandwidth_mbps must be at least 1".to_owned());
+                if *bw.get_ref() == 0 {
+                    problem(
+                        bw.span(),
+                        "a bandwidth must be at least 1 Mbit/s".to_owned(),
+                    );
+                }
+            }
+            if let Some(group) = &eip.group {
+                if !seen_group.contains_key(group.get_ref()) {
+                    problem(
+                        group.span(),
+                        format!("group `{}` is not defined by a [[group]]", group.get_ref()),
+                    );
+                }
+                if let Some(bw) = [&eip.bandwidth_mbps, &eip.inbound_mbps, &eip.outbound_mbps]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                {
+                    problem(
+                        bw.span(),
+                        "an EIP in a group is capped by the group's bandwidth; remove its own"
+                            .to_owned(),
+                    );
+                }
             }
         }
         if (1..=MAX_CAPACITY).contains(&capacity) && file.eips.len() > capacity as usize {
@@ -469,14 +727,30 @@ impl Config {
                 instance,
                 on_exit,
                 attach_mode,
+                group_capacity,
             },
             sampler,
+            policing,
+            groups: file
+                .groups
+                .into_iter()
+                .map(|g| GroupConfig {
+                    name: g.name.into_inner(),
+                    bandwidth_mbps: g.bandwidth_mbps.into_inner(),
+                    inbound_mbps: g.inbound_mbps.map(Spanned::into_inner),
+                    outbound_mbps: g.outbound_mbps.map(Spanned::into_inner),
+                })
+                .collect(),
             eips: file
                 .eips
                 .into_iter()
                 .map(|e| EipConfig {
                     address: normalize(e.address.into_inner()),
                     bandwidth_mbps: e.bandwidth_mbps.map(Spanned::into_inner),
+                    inbound_mbps: e.inbound_mbps.map(Spanned::into_inner),
+                    outbound_mbps: e.outbound_mbps.map(Spanned::into_inner),
+                    group: e.group.map(Spanned::into_inner),
+                    state: e.state.unwrap_or_default(),
                 })
                 .collect(),
         })
@@ -501,6 +775,13 @@ fn is_assignable(addr: IpAddr) -> bool {
         || addr.is_loopback()
         || addr.is_multicast()
         || matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()))
+}
+
+fn valid_group_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 fn valid_instance(s: &str) -> bool {
@@ -551,7 +832,7 @@ mod tests {
         assert_eq!(c.dataplane.capacity, 65_536);
         assert_eq!(
             c.dataplane.pin_dir(),
-            PathBuf::from("/sys/fs/bpf/eip-meter/v1/default")
+            PathBuf::from("/sys/fs/bpf/eip-meter/v2/default")
         );
         assert!(c.eips.is_empty());
     }

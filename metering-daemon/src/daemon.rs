@@ -16,6 +16,7 @@ use crate::{
     billing::series::SeriesOptions,
     config::Config,
     dataplane::{Dataplane, DataplaneError},
+    policy,
     sampler::Sampler,
     store::{Store, StoreError},
 };
@@ -33,10 +34,6 @@ pub enum DaemonError {
     },
 }
 
-fn inventory(config: &Config) -> Vec<IpAddr> {
-    config.eips.iter().map(|e| e.address).collect()
-}
-
 fn now_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -45,8 +42,8 @@ fn now_seconds() -> f64 {
 }
 
 /// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
-/// inventory and bandwidths (the `[dataplane]` and `[sampler]` sections are fixed for the life of
-/// the process).
+/// inventory, states, bandwidths, groups and `[policing]` at once, without reattaching anything
+/// (the `[dataplane]` and `[sampler]` sections are fixed for the life of the process).
 pub async fn run(
     config: Config,
     mut reloads: mpsc::Receiver<Config>,
@@ -67,13 +64,19 @@ pub async fn run(
 
     let mut dataplane = Dataplane::load(&config.dataplane)?;
     // Provision before attaching, so the first counted packet already finds its EIP.
-    let report = dataplane.apply_inventory(&inventory(&config))?;
+    let report = dataplane.apply(&policy::desired(&config))?;
     dataplane.attach()?;
     note_inventory(&mut sampler, &config, &[]);
+    let pid_path = pid_file(state_dir);
+    if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
+        warn!(path = %pid_path.display(), error = %e, "pid file not written; `eip-meter eip`/`group` cannot find this daemon");
+    }
     info!(
         eips = dataplane.slots().len(),
         added = report.added,
         removed = report.removed.len(),
+        groups = config.groups.len(),
+        share = config.policing.share,
         capacity = config.dataplane.capacity,
         interval_seconds = calendar.interval(),
         timezone = calendar.timezone(),
@@ -119,17 +122,35 @@ pub async fn run(
                 if new.dataplane != current.dataplane || new.sampler != current.sampler {
                     warn!("changes to [dataplane] and [sampler] take effect only after a restart; applying the EIP inventory");
                 }
-                match dataplane.apply_inventory(&inventory(&new)) {
+                let started = Instant::now();
+                match dataplane.apply(&policy::desired(&new)) {
                     Ok(r) => {
                         let at = now_seconds() as i64;
-                        for (eip, last) in &r.removed {
+                        for (eip, last, drops) in &r.removed {
+                            info!(
+                                %eip,
+                                inbound_rate_limited_bytes = drops.inbound.rate_limited_bytes,
+                                outbound_rate_limited_bytes = drops.outbound.rate_limited_bytes,
+                                inbound_blocked_bytes = drops.inbound.blocked_bytes,
+                                outbound_blocked_bytes = drops.outbound.blocked_bytes,
+                                "final drop counters of a removed EIP"
+                            );
                             if let Err(e) = sampler.eip_removed(*eip, at, last) {
                                 error!(%eip, error = %e, "final samples of a removed EIP not committed");
                             }
                         }
-                        let removed: Vec<IpAddr> = r.removed.iter().map(|(e, _)| *e).collect();
+                        let removed: Vec<IpAddr> = r.removed.iter().map(|(e, ..)| *e).collect();
                         note_inventory(&mut sampler, &new, &removed);
-                        info!(added = r.added, removed = r.removed.len(), eips = dataplane.slots().len(), "inventory reloaded");
+                        info!(
+                            added = r.added,
+                            removed = r.removed.len(),
+                            changed = r.changed,
+                            groups_added = r.groups_added,
+                            groups_removed = r.groups_removed,
+                            eips = dataplane.slots().len(),
+                            apply_ms = started.elapsed().as_millis() as u64,
+                            "config applied"
+                        );
                     }
                     // The slot table and the kernel still agree (every step is undone on error),
                     // so the daemon keeps running with what was applied.
@@ -140,12 +161,18 @@ pub async fn run(
         }
     }
     info!("shutting down");
+    let _ = std::fs::remove_file(&pid_path);
     notify_systemd("STOPPING=1");
     if let Err(e) = sampler.checkpoint_all() {
         error!(error = %e, "final checkpoint not written; the next start replays from the last one");
     }
     dataplane.shutdown()?;
     Ok(())
+}
+
+/// Where the running daemon writes its pid (read by `eip-meter eip` and `eip-meter group`).
+pub fn pid_file(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("eip-meter.pid")
 }
 
 /// Tells the sampler when EIPs started counting and what bandwidth each has.

@@ -8,6 +8,10 @@
 //! | `EIP_SLOTS`             | `EIP -> slot` hash                                 |
 //! | `EIP_COUNTERS`          | per-CPU counters by slot                           |
 //! | `NON_EIP_COUNTERS`      | per-CPU counters of traffic to/from non-EIPs       |
+//! | `EIP_POLICY`            | state and bucket pair by slot                      |
+//! | `EIP_DROPS`             | drop and ECN-mark counters by slot                 |
+//! | `BUCKET_CONFIG`         | caps by bucket pair (slots, then groups)           |
+//! | `BUCKET_STATE`          | GCRA state by bucket pair (written by programs)    |
 //! | `link_<if>_<direction>` | TCX link (only with `on_exit = "keep"`)            |
 //!
 //! Maps are always pinned so `eip-meter counters` can read them from another process; links are
@@ -31,15 +35,28 @@ use aya::{
     util::KernelVersion,
 };
 use metering_common::{
-    EipKey, MAP_EIP_COUNTERS, MAP_EIP_SLOTS, MAP_NON_EIP_COUNTERS, PROG_EGRESS, PROG_INGRESS,
-    TrafficCounters,
+    BucketPairConfig, BucketPairState, DropCounters, EipKey, EipPolicy, MAP_BUCKET_CONFIG,
+    MAP_BUCKET_STATE, MAP_EIP_COUNTERS, MAP_EIP_DROPS, MAP_EIP_POLICY, MAP_EIP_SLOTS,
+    MAP_NON_EIP_COUNTERS, NO_BUCKET, POLICY_FLAG_ECN, PROG_EGRESS, PROG_INGRESS, TrafficCounters,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{AttachMode, DataplaneConfig, OnExit},
+    config::{AttachMode, DataplaneConfig, EipState, OnExit},
+    policy::{Caps, DesiredPolicy, EipPlan},
     slots::{SlotError, SlotTable},
 };
+
+/// Every map the object has, in pin order.
+const MAPS: [&str; 7] = [
+    MAP_EIP_SLOTS,
+    MAP_EIP_COUNTERS,
+    MAP_NON_EIP_COUNTERS,
+    MAP_EIP_POLICY,
+    MAP_EIP_DROPS,
+    MAP_BUCKET_CONFIG,
+    MAP_BUCKET_STATE,
+];
 
 /// The compiled eBPF object, built by `build.rs` from the `metering-ebpf` crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metering-ebpf"));
@@ -83,6 +100,18 @@ pub enum DataplaneError {
         op: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "pinned maps in {pin_dir} were created with group capacity {pinned}, config says {configured}; stop the daemon with on_exit = \"detach\" (or remove the directory) to resize"
+    )]
+    GroupCapacityMismatch {
+        pin_dir: PathBuf,
+        pinned: u32,
+        configured: u32,
+    },
+    #[error(
+        "all {capacity} group buckets are in use; raise dataplane.group_capacity (needs a restart with on_exit = \"detach\")"
+    )]
+    GroupsFull { capacity: u32 },
     #[error(transparent)]
     Slots(#[from] SlotError),
     #[error("cannot size per-CPU values to this host's CPUs: {0}")]
@@ -128,15 +157,47 @@ pub struct Dataplane {
     config: DataplaneConfig,
     pin_dir: PathBuf,
     slots: SlotTable,
+    groups: GroupBuckets,
+    /// What this process last wrote per EIP, so a reload touches only what changed.
+    written: StdHashMap<IpAddr, (EipPolicy, Option<BucketPairConfig>)>,
     links: Vec<AttachedLink>,
     nr_cpus: usize,
 }
 
-/// What [`Dataplane::apply_inventory`] changed.
+/// Group name -> bucket pair index (after the slots' own pairs).
+#[derive(Debug)]
+struct GroupBuckets {
+    by_name: StdHashMap<String, (u32, BucketPairConfig)>,
+    free: std::collections::VecDeque<u32>,
+}
+
+impl GroupBuckets {
+    fn new(base: u32, capacity: u32) -> Self {
+        Self {
+            by_name: StdHashMap::new(),
+            free: (base..base + capacity).collect(),
+        }
+    }
+}
+
+/// What [`Dataplane::apply`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
     pub added: usize,
-    pub removed: Vec<(IpAddr, TrafficCounters)>,
+    pub removed: Vec<(IpAddr, TrafficCounters, DropCounters)>,
+    /// EIPs whose state, caps or group changed.
+    pub changed: usize,
+    pub groups_added: usize,
+    pub groups_removed: usize,
+}
+
+/// Policy and drops of one provisioned EIP as the kernel holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EipEnforcement {
+    pub state: Option<EipState>,
+    /// Bucket pair in use, own or a group's (None: uncapped).
+    pub caps: Option<BucketPairConfig>,
+    pub drops: DropCounters,
 }
 
 impl Dataplane {
@@ -165,15 +226,33 @@ impl Dataplane {
             }
         }
 
-        let pins: Vec<(&'static str, PathBuf)> =
-            [MAP_EIP_SLOTS, MAP_EIP_COUNTERS, MAP_NON_EIP_COUNTERS]
-                .into_iter()
-                .map(|name| (name, pin_dir.join(name)))
-                .collect();
+        let buckets = config.capacity + config.group_capacity;
+        let bucket_pin = pin_dir.join(MAP_BUCKET_CONFIG);
+        if reused && bucket_pin.exists() {
+            let pinned = MapInfo::from_pin(&bucket_pin)
+                .map_err(map_err(MAP_BUCKET_CONFIG, "read pinned map info"))?
+                .max_entries();
+            if pinned != buckets {
+                return Err(DataplaneError::GroupCapacityMismatch {
+                    pin_dir,
+                    pinned: pinned.saturating_sub(config.capacity),
+                    configured: config.group_capacity,
+                });
+            }
+        }
+
+        let pins: Vec<(&'static str, PathBuf)> = MAPS
+            .into_iter()
+            .map(|name| (name, pin_dir.join(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(MAP_EIP_SLOTS, config.capacity)
-            .map_max_entries(MAP_EIP_COUNTERS, config.capacity);
+            .map_max_entries(MAP_EIP_COUNTERS, config.capacity)
+            .map_max_entries(MAP_EIP_POLICY, config.capacity)
+            .map_max_entries(MAP_EIP_DROPS, config.capacity)
+            .map_max_entries(MAP_BUCKET_CONFIG, buckets)
+            .map_max_entries(MAP_BUCKET_STATE, buckets);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -185,6 +264,8 @@ impl Dataplane {
             config: config.clone(),
             pin_dir,
             slots: SlotTable::new(config.capacity),
+            groups: GroupBuckets::new(config.capacity, config.group_capacity),
+            written: StdHashMap::new(),
             links: Vec::new(),
             nr_cpus,
         };
@@ -311,34 +392,192 @@ impl Dataplane {
         })
     }
 
-    /// Makes the kernel's EIP set equal to `desired`: removes first (freeing slots), then adds.
-    /// Every EIP that is in both is untouched, so its counting never pauses.
+    /// Makes the kernel's EIP set equal to `desired`, all metered and uncapped.
     pub fn apply_inventory(&mut self, desired: &[IpAddr]) -> Result<ApplyReport, DataplaneError> {
-        let plan = self.slots.plan(desired);
+        self.apply(&DesiredPolicy {
+            eips: desired
+                .iter()
+                .map(|&a| {
+                    (
+                        a,
+                        EipPlan {
+                            state: EipState::Active,
+                            caps: Caps::None,
+                        },
+                    )
+                })
+                .collect(),
+            ..DesiredPolicy::default()
+        })
+    }
+
+    /// Makes the kernel hold `desired`: groups' caps first (so an EIP never points at a bucket
+    /// that is not set up), then removals (freeing slots), changed policies, additions, and last
+    /// the groups nobody uses any more. An EIP that is in both and did not change is not
+    /// touched, so its counting and policing never pause.
+    pub fn apply(&mut self, desired: &DesiredPolicy) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
-        for addr in plan.remove {
-            let last = self.remove_eip(addr)?;
-            report.removed.push((addr, last));
+        for (name, pair) in &desired.groups {
+            match self.groups.by_name.get(name) {
+                Some((_, written)) if written == pair => {}
+                Some(&(index, _)) => {
+                    self.write_bucket(index, pair)?;
+                    self.groups.by_name.insert(name.clone(), (index, *pair));
+                }
+                None => {
+                    let index = self
+                        .groups
+                        .free
+                        .pop_front()
+                        .ok_or(DataplaneError::GroupsFull {
+                            capacity: self.config.group_capacity,
+                        })?;
+                    self.reset_bucket_state(index)?;
+                    self.write_bucket(index, pair)?;
+                    self.groups.by_name.insert(name.clone(), (index, *pair));
+                    report.groups_added += 1;
+                }
+            }
         }
-        for addr in plan.add {
-            self.add_eip(addr)?;
-            report.added += 1;
+
+        let addrs: Vec<IpAddr> = desired.eips.iter().map(|(a, _)| *a).collect();
+        let plan = self.slots.plan(&addrs);
+        for addr in plan.remove {
+            let (last, drops) = self.remove_eip(addr)?;
+            report.removed.push((addr, last, drops));
+        }
+        let adding: std::collections::HashSet<IpAddr> = plan.add.iter().copied().collect();
+        for (addr, eip_plan) in &desired.eips {
+            if adding.contains(addr) {
+                self.add_eip(*addr, eip_plan, desired.ecn)?;
+                report.added += 1;
+            } else if let Some(slot) = self.slots.slot(addr) {
+                let wanted = self.kernel_policy(slot, eip_plan, desired.ecn);
+                if self.written.get(addr) != Some(&wanted) {
+                    self.write_policy(*addr, slot, wanted)?;
+                    report.changed += 1;
+                }
+            }
+        }
+
+        let wanted: std::collections::HashSet<&str> =
+            desired.groups.iter().map(|(n, _)| n.as_str()).collect();
+        let stale: Vec<String> = self
+            .groups
+            .by_name
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in stale {
+            if let Some((index, _)) = self.groups.by_name.remove(&name) {
+                self.write_bucket(index, &BucketPairConfig::default())?;
+                self.groups.free.push_back(index);
+                report.groups_removed += 1;
+            }
         }
         Ok(report)
     }
 
-    /// Publishes `addr` to the kernel. Its slot is zeroed *before* the hash entry exists, so the
-    /// first packet that finds the entry counts from zero and none is lost.
-    pub fn add_eip(&mut self, addr: IpAddr) -> Result<u32, DataplaneError> {
+    /// The policy entry and own bucket pair that express `plan` for the EIP in `slot`.
+    fn kernel_policy(
+        &self,
+        slot: u32,
+        plan: &EipPlan,
+        ecn: bool,
+    ) -> (EipPolicy, Option<BucketPairConfig>) {
+        let (bucket, own) = match &plan.caps {
+            Caps::None => (NO_BUCKET, None),
+            Caps::Own(pair) => (slot, Some(*pair)),
+            Caps::Group(name) => (
+                self.groups
+                    .by_name
+                    .get(name)
+                    .map_or(NO_BUCKET, |(index, _)| *index),
+                None,
+            ),
+        };
+        let policy = EipPolicy {
+            state: plan.state.code(),
+            bucket,
+            flags: if ecn { POLICY_FLAG_ECN } else { 0 },
+            _pad: 0,
+        };
+        (policy, own)
+    }
+
+    /// Writes an EIP's own bucket (if any) before the policy that points at it.
+    fn write_policy(
+        &mut self,
+        addr: IpAddr,
+        slot: u32,
+        (policy, own): (EipPolicy, Option<BucketPairConfig>),
+    ) -> Result<(), DataplaneError> {
+        if let Some(pair) = &own {
+            self.write_bucket(slot, pair)?;
+        }
+        let mut map = self.array_mut::<EipPolicy>(MAP_EIP_POLICY)?;
+        map.set(slot, policy, 0)
+            .map_err(map_err(MAP_EIP_POLICY, "write policy"))?;
+        self.written.insert(addr, (policy, own));
+        Ok(())
+    }
+
+    fn write_bucket(&mut self, index: u32, pair: &BucketPairConfig) -> Result<(), DataplaneError> {
+        self.array_mut::<BucketPairConfig>(MAP_BUCKET_CONFIG)?
+            .set(index, *pair, 0)
+            .map_err(map_err(MAP_BUCKET_CONFIG, "write caps"))
+    }
+
+    /// A full bucket: the programs treat any `tat` in the past as "no backlog".
+    fn reset_bucket_state(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.array_mut::<BucketPairState>(MAP_BUCKET_STATE)?
+            .set(index, BucketPairState::default(), 0)
+            .map_err(map_err(MAP_BUCKET_STATE, "reset bucket"))
+    }
+
+    fn array_mut<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<aya::maps::Array<&mut MapData, V>, DataplaneError> {
+        let map = self.ebpf.map_mut(name).expect("map is in the object");
+        aya::maps::Array::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    fn array<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<aya::maps::Array<&MapData, V>, DataplaneError> {
+        let map = self.ebpf.map(name).expect("map is in the object");
+        aya::maps::Array::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    /// Publishes `addr` to the kernel. Its counters, drops, bucket and policy are written
+    /// *before* the hash entry exists, so the first packet that finds the entry counts from zero
+    /// under the right policy and none is lost.
+    pub fn add_eip(
+        &mut self,
+        addr: IpAddr,
+        plan: &EipPlan,
+        ecn: bool,
+    ) -> Result<u32, DataplaneError> {
         let assignment = self.slots.assign(addr)?;
-        let result = self.publish(addr, assignment.slot, assignment.needs_zeroing);
+        let result = self.publish(addr, assignment.slot, assignment.needs_zeroing, plan, ecn);
         if result.is_err() {
             self.slots.release(&addr);
+            self.written.remove(&addr);
         }
         result.map(|()| assignment.slot)
     }
 
-    fn publish(&mut self, addr: IpAddr, slot: u32, zero: bool) -> Result<(), DataplaneError> {
+    fn publish(
+        &mut self,
+        addr: IpAddr,
+        slot: u32,
+        zero: bool,
+        plan: &EipPlan,
+        ecn: bool,
+    ) -> Result<(), DataplaneError> {
         if zero {
             let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); self.nr_cpus])
                 .map_err(DataplaneError::Cpus)?;
@@ -346,7 +585,13 @@ impl Dataplane {
             counters
                 .set(slot, zeros, 0)
                 .map_err(map_err(MAP_EIP_COUNTERS, "zero slot"))?;
+            self.array_mut::<DropCounters>(MAP_EIP_DROPS)?
+                .set(slot, DropCounters::default(), 0)
+                .map_err(map_err(MAP_EIP_DROPS, "zero slot"))?;
+            self.reset_bucket_state(slot)?;
         }
+        let wanted = self.kernel_policy(slot, plan, ecn);
+        self.write_policy(addr, slot, wanted)?;
         let mut slots = self.slot_map_mut()?;
         const BPF_NOEXIST: u64 = 1;
         slots
@@ -354,19 +599,28 @@ impl Dataplane {
             .map_err(map_err(MAP_EIP_SLOTS, "insert EIP"))
     }
 
-    /// Withdraws `addr` from the kernel and returns its final counters. The slot is freed to the
-    /// back of the reuse queue, so stragglers that looked it up just before can still land.
-    pub fn remove_eip(&mut self, addr: IpAddr) -> Result<TrafficCounters, DataplaneError> {
+    /// Withdraws `addr` from the kernel and returns its final counters and drops. The slot is
+    /// freed to the back of the reuse queue, so stragglers that looked it up just before can
+    /// still land.
+    pub fn remove_eip(
+        &mut self,
+        addr: IpAddr,
+    ) -> Result<(TrafficCounters, DropCounters), DataplaneError> {
         let Some(slot) = self.slots.slot(&addr) else {
-            return Ok(TrafficCounters::default());
+            return Ok(Default::default());
         };
         self.slot_map_mut()?
             .remove(&key_of(addr))
             .map_err(map_err(MAP_EIP_SLOTS, "remove EIP"))?;
         self.slots.release(&addr);
+        self.written.remove(&addr);
         let last = read_slot(&self.counters_map()?, slot)?;
+        let drops = self
+            .array::<DropCounters>(MAP_EIP_DROPS)?
+            .get(&slot, 0)
+            .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
         info!(%addr, slot, inbound_bytes = last.inbound.bytes, outbound_bytes = last.outbound.bytes, "EIP removed");
-        Ok(last)
+        Ok((last, drops))
     }
 
     /// Current counters of every provisioned EIP, read in batches (one syscall per
@@ -406,7 +660,7 @@ impl Dataplane {
                     }
                     drop(link);
                 }
-                for name in [MAP_EIP_SLOTS, MAP_EIP_COUNTERS, MAP_NON_EIP_COUNTERS] {
+                for name in MAPS {
                     remove_pin(&self.pin_dir.join(name));
                 }
                 if let Err(e) = fs::remove_dir(&self.pin_dir) {
@@ -457,6 +711,9 @@ pub struct PinnedMaps {
     slots: HashMap<MapData, EipKey, u32>,
     counters: PerCpuArray<MapData, TrafficCounters>,
     non_eip: PerCpuArray<MapData, TrafficCounters>,
+    policy: aya::maps::Array<MapData, EipPolicy>,
+    drops: aya::maps::Array<MapData, DropCounters>,
+    buckets: aya::maps::Array<MapData, BucketPairConfig>,
 }
 
 impl PinnedMaps {
@@ -471,7 +728,49 @@ impl PinnedMaps {
                 .map_err(map_err(MAP_EIP_COUNTERS, "open"))?,
             non_eip: PerCpuArray::try_from(Map::PerCpuArray(open(MAP_NON_EIP_COUNTERS)?))
                 .map_err(map_err(MAP_NON_EIP_COUNTERS, "open"))?,
+            policy: aya::maps::Array::try_from(Map::Array(open(MAP_EIP_POLICY)?))
+                .map_err(map_err(MAP_EIP_POLICY, "open"))?,
+            drops: aya::maps::Array::try_from(Map::Array(open(MAP_EIP_DROPS)?))
+                .map_err(map_err(MAP_EIP_DROPS, "open"))?,
+            buckets: aya::maps::Array::try_from(Map::Array(open(MAP_BUCKET_CONFIG)?))
+                .map_err(map_err(MAP_BUCKET_CONFIG, "open"))?,
         })
+    }
+
+    /// Every EIP's policy as enforced and its drop counters, sorted by address.
+    pub fn read_enforcement(&self) -> Result<Vec<(IpAddr, EipEnforcement)>, DataplaneError> {
+        let mut rows = read_slot_entries(&self.slots)?
+            .into_iter()
+            .map(|(addr, slot)| {
+                let policy = self
+                    .policy
+                    .get(&slot, 0)
+                    .map_err(map_err(MAP_EIP_POLICY, "read slot"))?;
+                let caps = if policy.bucket == NO_BUCKET {
+                    None
+                } else {
+                    Some(
+                        self.buckets
+                            .get(&policy.bucket, 0)
+                            .map_err(map_err(MAP_BUCKET_CONFIG, "read bucket"))?,
+                    )
+                };
+                let drops = self
+                    .drops
+                    .get(&slot, 0)
+                    .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
+                Ok((
+                    addr,
+                    EipEnforcement {
+                        state: EipState::from_code(policy.state),
+                        caps,
+                        drops,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        rows.sort_by_key(|(addr, _)| *addr);
+        Ok(rows)
     }
 
     /// Every EIP's counters, sorted by address.

@@ -1,8 +1,10 @@
-//! eip-meter: meters (and, later, polices) the traffic of cloud Elastic IPs on Linux routers.
+//! eip-meter: meters and polices the traffic of cloud Elastic IPs on Linux routers.
 //!
 //! * [`config`]: the TOML configuration and its validation.
 //! * [`dataplane`]: everything that touches the kernel (eBPF load, pins, attach, maps).
 //! * [`slots`]: pure `EIP -> slot` bookkeeping.
+//! * [`edit`]: comment-preserving config edits for live changes.
+//! * [`policy`]: pure translation of caps, groups and states into kernel policy.
 //! * [`daemon`]: the long-running loop ([`daemon::run`]).
 //! * [`report`]: counter tables and JSON.
 //! * [`cli`]: the `eip-meter` command line.
@@ -10,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod edit;
+pub mod policy;
 pub mod report;
 pub mod sampler;
 pub mod slots;

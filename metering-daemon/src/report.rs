@@ -1,11 +1,14 @@
 //! Renders counter snapshots for people (a table) and programs (JSON). Pure: no I/O.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 
-use metering_common::TrafficCounters;
+use metering_common::{DirectionDrops, TrafficCounters};
 use serde::Serialize;
 
-/// One row of `eip-meter counters --json`.
+use crate::dataplane::EipEnforcement;
+
+/// One row of `eip-meter counters --json`. Bytes and packets are *delivered* traffic (what
+/// billing sees); what the cap or a block dropped is in `inbound_drops` / `outbound_drops`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct CounterRow {
     pub eip: IpAddr,
@@ -13,6 +16,41 @@ pub struct CounterRow {
     pub inbound_packets: u64,
     pub outbound_bytes: u64,
     pub outbound_packets: u64,
+    /// `active`, `expired`, `arrears` or `frozen`.
+    pub state: &'static str,
+    /// Caps in bit/s as enforced on this router (null: uncapped).
+    pub inbound_cap_bps: Option<u64>,
+    pub outbound_cap_bps: Option<u64>,
+    pub inbound_drops: DropRow,
+    pub outbound_drops: DropRow,
+}
+
+/// Drop and ECN-mark counters of one direction.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DropRow {
+    pub rate_limited_bytes: u64,
+    pub rate_limited_packets: u64,
+    pub blocked_bytes: u64,
+    pub blocked_packets: u64,
+    pub ecn_marked_bytes: u64,
+    pub ecn_marked_packets: u64,
+}
+
+impl From<DirectionDrops> for DropRow {
+    fn from(d: DirectionDrops) -> Self {
+        Self {
+            rate_limited_bytes: d.rate_limited_bytes,
+            rate_limited_packets: d.rate_limited_packets,
+            blocked_bytes: d.blocked_bytes,
+            blocked_packets: d.blocked_packets,
+            ecn_marked_bytes: d.ecn_marked_bytes,
+            ecn_marked_packets: d.ecn_marked_packets,
+        }
+    }
+}
+
+fn cap(rate_bps: u64) -> Option<u64> {
+    (rate_bps != 0).then_some(rate_bps)
 }
 
 /// The whole `eip-meter counters --json` document.
@@ -34,17 +72,33 @@ pub struct NonEipRow {
 }
 
 impl CounterReport {
-    pub fn new(eips: &[(IpAddr, TrafficCounters)], non_eip: TrafficCounters) -> Self {
+    pub fn new(
+        eips: &[(IpAddr, TrafficCounters)],
+        enforcement: &[(IpAddr, EipEnforcement)],
+        non_eip: TrafficCounters,
+    ) -> Self {
+        let enforcement: HashMap<IpAddr, &EipEnforcement> =
+            enforcement.iter().map(|(a, e)| (*a, e)).collect();
         Self {
             unit: "ip_layer_bytes",
             eips: eips
                 .iter()
-                .map(|(eip, c)| CounterRow {
-                    eip: *eip,
-                    inbound_bytes: c.inbound.bytes,
-                    inbound_packets: c.inbound.packets,
-                    outbound_bytes: c.outbound.bytes,
-                    outbound_packets: c.outbound.packets,
+                .map(|(eip, c)| {
+                    let e = enforcement.get(eip);
+                    let caps = e.and_then(|e| e.caps).unwrap_or_default();
+                    let drops = e.map(|e| e.drops).unwrap_or_default();
+                    CounterRow {
+                        eip: *eip,
+                        inbound_bytes: c.inbound.bytes,
+                        inbound_packets: c.inbound.packets,
+                        outbound_bytes: c.outbound.bytes,
+                        outbound_packets: c.outbound.packets,
+                        state: e.and_then(|e| e.state).map_or("unknown", |s| s.as_str()),
+                        inbound_cap_bps: cap(caps.inbound.rate_bps),
+                        outbound_cap_bps: cap(caps.outbound.rate_bps),
+                        inbound_drops: drops.inbound.into(),
+                        outbound_drops: drops.outbound.into(),
+                    }
                 })
                 .collect(),
             non_eip: NonEipRow {
@@ -66,26 +120,42 @@ impl CounterReport {
             .eips
             .iter()
             .map(|r| {
+                let dropped = |d: &DropRow| (d.rate_limited_bytes + d.blocked_bytes).to_string();
                 (
                     r.eip.to_string(),
                     [
-                        r.inbound_bytes,
-                        r.inbound_packets,
-                        r.outbound_bytes,
-                        r.outbound_packets,
+                        r.state.to_owned(),
+                        r.inbound_bytes.to_string(),
+                        r.inbound_packets.to_string(),
+                        r.outbound_bytes.to_string(),
+                        r.outbound_packets.to_string(),
+                        dropped(&r.inbound_drops),
+                        dropped(&r.outbound_drops),
                     ],
                 )
             })
             .chain(std::iter::once((
                 "(not an EIP)".to_owned(),
                 [
-                    self.non_eip.inbound_bytes,
-                    self.non_eip.inbound_packets,
-                    self.non_eip.outbound_bytes,
-                    self.non_eip.outbound_packets,
+                    "-".to_owned(),
+                    self.non_eip.inbound_bytes.to_string(),
+                    self.non_eip.inbound_packets.to_string(),
+                    self.non_eip.outbound_bytes.to_string(),
+                    self.non_eip.outbound_packets.to_string(),
+                    "-".to_owned(),
+                    "-".to_owned(),
                 ],
             )));
-        let header = ["EIP", "IN BYTES", "IN PACKETS", "OUT BYTES", "OUT PACKETS"];
+        let header = [
+            "EIP",
+            "STATE",
+            "IN BYTES",
+            "IN PACKETS",
+            "OUT BYTES",
+            "OUT PACKETS",
+            "IN DROPPED B",
+            "OUT DROPPED B",
+        ];
         let rows: Vec<_> = rows.collect();
         let name_width = rows
             .iter()
@@ -134,6 +204,7 @@ mod tests {
     fn table_lists_eips_then_non_eip() {
         let r = CounterReport::new(
             &[("203.0.113.10".parse().unwrap(), counters(1500, 1, 60, 1))],
+            &[],
             counters(7, 1, 0, 0),
         );
         let t = r.to_table();
@@ -148,6 +219,7 @@ mod tests {
     fn json_has_unit_and_fields() {
         let r = CounterReport::new(
             &[("2001:db8::1".parse().unwrap(), counters(1, 2, 3, 4))],
+            &[],
             counters(0, 0, 0, 0),
         );
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();

@@ -5,27 +5,53 @@
 //! * `eip_egress` (uplink egress): packets leaving for the Internet, keyed by **source** address:
 //!   outbound traffic.
 //!
-//! Both look the address up in the daemon-filled `EIP -> slot` hash and add the packet's IP-layer
-//! bytes to that slot's per-CPU counters; an address that is no EIP goes to `NON_EIP_COUNTERS`.
-//! The programs never drop, redirect or modify a packet, and any internal error (a header that
-//! cannot be read, a missing map entry) just leaves the packet uncounted and passes it on:
-//! metering must never cost a customer a packet.
+//! Both look the address up in the daemon-filled `EIP -> slot` hash, apply the slot's policy
+//! (blocked EIPs are dropped, capped EIPs go through their bucket) and add the delivered
+//! packet's IP-layer bytes to that slot's per-CPU counters; a dropped packet is added to the
+//! slot's drop counters instead, so billing sees delivered traffic only. An address that is no
+//! EIP goes to `NON_EIP_COUNTERS` and is never dropped. Any internal error (a header that cannot
+//! be read, a missing map entry) passes the packet on uncounted: a fault in the meter must never
+//! cost a customer a packet.
+//!
+//! ## Why the bucket is safe across CPUs
+//!
+//! One EIP's packets arrive on every CPU at once, so its bucket is shared state. A bucket is a
+//! GCRA: a single `u64` *theoretical arrival time* (`tat`) per direction, updated with a
+//! compare-and-swap from `tat` to `max(tat, now) + cost`. Whichever CPU wins the swap has paid
+//! for its packet; a loser re-reads and tries again, so no token is ever spent twice and none
+//! is lost. After [`CAS_TRIES`] failed swaps (heavy contention; never seen with 2 CPUs) the cost
+//! is added with a plain atomic add, which can only charge, never free, tokens. A spin lock
+//! would serialise every packet of a busy EIP; per-CPU buckets would cap one flow at
+//! `rate / CPUs`. LLVM emits the 64-bit `cmpxchg_64` and `lock +=` instructions for any BPF CPU
+//! level; the kernel accepts them since 5.12.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
+    ptr::read_volatile,
+};
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
-use metering_common::{DEFAULT_CAPACITY, DirectionCounters, EipKey, TrafficCounters};
+use metering_common::{
+    BucketConfig, BucketPairConfig, BucketPairState, BucketState, DEFAULT_CAPACITY,
+    DirectionCounters, DirectionDrops, DropCounters, EipKey, EipPolicy, NO_BUCKET, POLICY_FLAG_ECN,
+    STATE_ACTIVE, TrafficCounters,
+};
 
 /// `EIP -> slot`. Preallocated (no `BPF_F_NO_PREALLOC`), resized by the daemon at load time.
 #[map(name = "EIP_SLOTS")]
 static EIP_SLOTS: HashMap<EipKey, u32> = HashMap::with_max_entries(DEFAULT_CAPACITY, 0);
 
-/// Per-slot counters, per CPU so the hot path needs no atomics.
+/// Per-slot delivered-traffic counters, per CPU so the hot path needs no atomics.
 #[map(name = "EIP_COUNTERS")]
 static EIP_COUNTERS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(DEFAULT_CAPACITY, 0);
@@ -34,16 +60,37 @@ static EIP_COUNTERS: PerCpuArray<TrafficCounters> =
 #[map(name = "NON_EIP_COUNTERS")]
 static NON_EIP_COUNTERS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-slot state and bucket pair, written by the daemon.
+#[map(name = "EIP_POLICY")]
+static EIP_POLICY: Array<EipPolicy> = Array::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// Per-slot drop and ECN-mark counters: one copy shared by all CPUs (atomic adds) because drops
+/// are the exception and a per-CPU copy would cost 96 bytes x CPUs per slot.
+#[map(name = "EIP_DROPS")]
+static EIP_DROPS: Array<DropCounters> = Array::with_max_entries(DEFAULT_CAPACITY, 0);
+
+/// Caps by bucket pair (slots first, then groups); the daemon sizes both bucket maps.
+#[map(name = "BUCKET_CONFIG")]
+static BUCKET_CONFIG: Array<BucketPairConfig> = Array::with_max_entries(DEFAULT_CAPACITY, 0);
+
+#[map(name = "BUCKET_STATE")]
+static BUCKET_STATE: Array<BucketPairState> = Array::with_max_entries(DEFAULT_CAPACITY, 0);
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HLEN: u32 = 40;
+/// Bits times nanoseconds per second: cost in ns = bytes x this / rate in bit/s.
+const BIT_NS_PER_BYTE_SECOND: u64 = 8 * 1_000_000_000;
+/// Compare-and-swap attempts before the cost is charged with a plain atomic add.
+const CAS_TRIES: u32 = 4;
 
 /// Return code that hands the packet on unchanged: the next TCX program, or the kernel's default
 /// (pass) when we are last. With legacy cls_bpf it continues to the next filter.
 const PASS_ON: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -53,14 +100,12 @@ enum Direction {
 
 #[classifier]
 pub fn eip_ingress(ctx: TcContext) -> i32 {
-    let _ = count(&ctx, Direction::Inbound);
-    PASS_ON
+    handle(&ctx, Direction::Inbound)
 }
 
 #[classifier]
 pub fn eip_egress(ctx: TcContext) -> i32 {
-    let _ = count(&ctx, Direction::Outbound);
-    PASS_ON
+    handle(&ctx, Direction::Outbound)
 }
 
 /// One packet as the meter sees it.
@@ -70,23 +115,152 @@ struct Metered {
     bytes: u64,
     /// Wire segments (1 unless this is a GSO/GRO super-packet).
     packets: u64,
+    ipv6: bool,
+    /// The header byte holding the ECN bits (IPv4 TOS, or IPv6's second byte).
+    ecn_byte: u8,
+}
+
+impl Metered {
+    /// ECT(0) or ECT(1): the sender understands CE.
+    fn ecn_capable(&self) -> bool {
+        let ecn = if self.ipv6 {
+            (self.ecn_byte >> 4) & 3
+        } else {
+            self.ecn_byte & 3
+        };
+        ecn == 1 || ecn == 2
+    }
+}
+
+/// What the policy decided for one packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// Pass with CE set.
+    Mark,
+    RateLimited,
+    Blocked,
 }
 
 #[inline(always)]
-fn count(ctx: &TcContext, direction: Direction) -> Result<(), i64> {
+fn handle(ctx: &TcContext, direction: Direction) -> i32 {
     let metered = match u16::from_be(ctx.skb.protocol() as u16) {
-        ETH_P_IP => parse_ipv4(ctx, direction)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, direction)?,
-        // ARP, LLDP, ...: not IP traffic, not billed.
-        _ => return Ok(()),
+        ETH_P_IP => parse_ipv4(ctx, direction),
+        ETH_P_IPV6 => parse_ipv6(ctx, direction),
+        // ARP, LLDP, ...: not IP traffic, not billed, never policed.
+        _ => return PASS_ON,
     };
+    let Ok(metered) = metered else {
+        return PASS_ON;
+    };
+    let Some(slot) = (unsafe { EIP_SLOTS.get(&metered.key) }) else {
+        add_counts(NON_EIP_COUNTERS.get_ptr_mut(0), direction, &metered);
+        return PASS_ON;
+    };
+    let slot = *slot;
+    let verdict = match EIP_POLICY.get(slot) {
+        Some(policy) => decide(policy, direction, &metered),
+        None => Verdict::Pass,
+    };
+    match verdict {
+        Verdict::Pass => {
+            add_counts(EIP_COUNTERS.get_ptr_mut(slot), direction, &metered);
+            PASS_ON
+        }
+        Verdict::Mark => {
+            // Counted as delivered even if the mark cannot be written: the packet goes out.
+            if set_ce(ctx, &metered).is_ok() {
+                add_drops(slot, direction, &metered, verdict);
+            }
+            add_counts(EIP_COUNTERS.get_ptr_mut(slot), direction, &metered);
+            PASS_ON
+        }
+        Verdict::RateLimited | Verdict::Blocked => {
+            add_drops(slot, direction, &metered, verdict);
+            DROP
+        }
+    }
+}
 
-    let counters = match unsafe { EIP_SLOTS.get(&metered.key) } {
-        Some(slot) => EIP_COUNTERS.get_ptr_mut(*slot),
-        None => NON_EIP_COUNTERS.get_ptr_mut(0),
+#[inline(always)]
+fn decide(policy: &EipPolicy, direction: Direction, metered: &Metered) -> Verdict {
+    if policy.state != STATE_ACTIVE {
+        return Verdict::Blocked;
+    }
+    if policy.bucket == NO_BUCKET {
+        return Verdict::Pass;
+    }
+    let (Some(config), Some(state)) = (
+        BUCKET_CONFIG.get(policy.bucket),
+        BUCKET_STATE.get_ptr_mut(policy.bucket),
+    ) else {
+        return Verdict::Pass;
     };
+    let (config, state) = match direction {
+        // SAFETY: `state` points at a live array element; only field addresses are taken.
+        Direction::Inbound => (&config.inbound, unsafe { &raw mut (*state).inbound }),
+        Direction::Outbound => (&config.outbound, unsafe { &raw mut (*state).outbound }),
+    };
+    let ecn = policy.flags & POLICY_FLAG_ECN != 0 && metered.ecn_capable();
+    // SAFETY: as above; `police` only touches the bucket through atomics and volatile reads.
+    unsafe { police(config, state, metered.bytes, bpf_ktime_get_ns(), ecn) }
+}
+
+/// The GCRA step (see the module docs and [`BucketConfig`]).
+///
+/// # Safety
+/// `state` must point at a bucket in a map value.
+#[inline(always)]
+unsafe fn police(
+    config: &BucketConfig,
+    state: *mut BucketState,
+    bytes: u64,
+    now: u64,
+    ecn: bool,
+) -> Verdict {
+    let rate = config.rate_bps;
+    if rate == 0 {
+        return Verdict::Pass;
+    }
+    // An skb is far below 1 GiB, and 2^30 x 8e9 < 2^64: the product cannot overflow. (No
+    // `saturating_mul`: its 128-bit multiply has no BPF instruction.)
+    let bytes = if bytes > 1 << 30 { 1 << 30 } else { bytes };
+    let cost = bytes * BIT_NS_PER_BYTE_SECOND / rate;
+    let tat_ptr = unsafe { &raw mut (*state).tat };
+    let mut tries = 0;
+    while tries < CAS_TRIES {
+        let tat = unsafe { read_volatile(tat_ptr) };
+        let base = if tat > now { tat } else { now };
+        let backlog = base - now;
+        if backlog > config.burst_ns {
+            return Verdict::RateLimited;
+        }
+        let verdict = if ecn && backlog > config.mark_ns {
+            Verdict::Mark
+        } else {
+            Verdict::Pass
+        };
+        if unsafe { compare_and_swap(tat_ptr, tat, base + cost) } {
+            return verdict;
+        }
+        tries += 1;
+    }
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(tat_ptr, cost) };
+    Verdict::Pass
+}
+
+#[inline(always)]
+unsafe fn compare_and_swap(ptr: *mut u64, old: u64, new: u64) -> bool {
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(ptr, old, new)
+    };
+    swapped
+}
+
+#[inline(always)]
+fn add_counts(counters: Option<*mut TrafficCounters>, direction: Direction, metered: &Metered) {
     let Some(counters) = counters else {
-        return Ok(());
+        return;
     };
     // SAFETY: a per-CPU array element; TC programs run with migration disabled, so no other
     // program touches this CPU's copy while we add to it.
@@ -97,7 +271,55 @@ fn count(ctx: &TcContext, direction: Direction) -> Result<(), i64> {
     };
     dir.bytes += metered.bytes;
     dir.packets += metered.packets;
-    Ok(())
+}
+
+#[inline(always)]
+fn add_drops(slot: u32, direction: Direction, metered: &Metered, verdict: Verdict) {
+    let Some(drops) = EIP_DROPS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: an element of a shared array; every write is an atomic add.
+    let dir: *mut DirectionDrops = match direction {
+        Direction::Inbound => unsafe { &raw mut (*drops).inbound },
+        Direction::Outbound => unsafe { &raw mut (*drops).outbound },
+    };
+    let (packets, bytes) = unsafe {
+        match verdict {
+            Verdict::RateLimited => (
+                &raw mut (*dir).rate_limited_packets,
+                &raw mut (*dir).rate_limited_bytes,
+            ),
+            Verdict::Blocked => (
+                &raw mut (*dir).blocked_packets,
+                &raw mut (*dir).blocked_bytes,
+            ),
+            Verdict::Mark | Verdict::Pass => (
+                &raw mut (*dir).ecn_marked_packets,
+                &raw mut (*dir).ecn_marked_bytes,
+            ),
+        }
+    };
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, metered.packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, metered.bytes);
+    }
+}
+
+/// Sets the ECN field to CE (both bits), fixing the IPv4 header checksum. GSO copies the header
+/// into every segment, so a super-packet's segments all carry the mark.
+#[inline(always)]
+fn set_ce(ctx: &TcContext, metered: &Metered) -> Result<(), i64> {
+    if metered.ipv6 {
+        // Traffic class straddles bytes 0 and 1; its ECN bits are bits 4-5 of byte 1.
+        let marked = metered.ecn_byte | 0x30;
+        ctx.store(ETH_HLEN + 1, &marked, 0)
+    } else {
+        let old_word: u16 = ctx.load(ETH_HLEN)?;
+        let marked = metered.ecn_byte | 0x03;
+        ctx.store(ETH_HLEN + 1, &marked, 0)?;
+        let new_word: u16 = ctx.load(ETH_HLEN)?;
+        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old_word), u64::from(new_word), 2)
+    }
 }
 
 /// Segments this skb stands for on the wire (`gso_segs` is 0 for an ordinary packet).
@@ -156,6 +378,8 @@ fn parse_ipv4(ctx: &TcContext, direction: Direction) -> Result<Metered, i64> {
         key: EipKey::from_ipv4_raw(addr),
         bytes: ip_layer_bytes(ctx, total_len, segments, header_len),
         packets: u64::from(segments),
+        ipv6: false,
+        ecn_byte: ctx.load(ETH_HLEN + 1)?,
     })
 }
 
@@ -179,6 +403,8 @@ fn parse_ipv6(ctx: &TcContext, direction: Direction) -> Result<Metered, i64> {
         key: EipKey::from_ipv6_raw(addr),
         bytes: ip_layer_bytes(ctx, IPV6_HLEN + payload_len, segments, header_len),
         packets: u64::from(segments),
+        ipv6: true,
+        ecn_byte: ctx.load(ETH_HLEN + 1)?,
     })
 }
 

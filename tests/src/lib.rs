@@ -26,6 +26,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 pub mod topology;
+pub mod traffic;
 pub use topology::{Topology, TopologyOptions};
 
 /// Fails loudly when the harness cannot work: these tests are never skipped.
@@ -381,9 +382,31 @@ pub struct Counts {
     pub outbound_packets: u64,
 }
 
+/// One direction's drop counters as `eip-meter counters --json` prints them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    pub rate_limited_bytes: u64,
+    pub rate_limited_packets: u64,
+    pub blocked_bytes: u64,
+    pub blocked_packets: u64,
+    pub ecn_marked_bytes: u64,
+    pub ecn_marked_packets: u64,
+}
+
+/// An EIP's enforcement as `eip-meter counters --json` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enforcement {
+    pub state: String,
+    pub inbound_cap_bps: Option<u64>,
+    pub outbound_cap_bps: Option<u64>,
+    pub inbound_drops: DropCounts,
+    pub outbound_drops: DropCounts,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct CounterSnapshot {
     pub eips: HashMap<IpAddr, Counts>,
+    pub enforcement: HashMap<IpAddr, Enforcement>,
     pub non_eip: Counts,
 }
 
@@ -399,15 +422,42 @@ impl CounterSnapshot {
                 outbound_packets: f("outbound_packets"),
             }
         };
+        let drops = |v: &serde_json::Value| -> DropCounts {
+            let f = |k: &str| v[k].as_u64().unwrap_or(0);
+            DropCounts {
+                rate_limited_bytes: f("rate_limited_bytes"),
+                rate_limited_packets: f("rate_limited_packets"),
+                blocked_bytes: f("blocked_bytes"),
+                blocked_packets: f("blocked_packets"),
+                ecn_marked_bytes: f("ecn_marked_bytes"),
+                ecn_marked_packets: f("ecn_marked_packets"),
+            }
+        };
         let mut eips = HashMap::new();
+        let mut enforcement = HashMap::new();
         for row in v["eips"].as_array().context("eips array")? {
             let addr: IpAddr = row["eip"].as_str().context("eip")?.parse()?;
             eips.insert(addr, counts(row));
+            enforcement.insert(
+                addr,
+                Enforcement {
+                    state: row["state"].as_str().unwrap_or("").to_owned(),
+                    inbound_cap_bps: row["inbound_cap_bps"].as_u64(),
+                    outbound_cap_bps: row["outbound_cap_bps"].as_u64(),
+                    inbound_drops: drops(&row["inbound_drops"]),
+                    outbound_drops: drops(&row["outbound_drops"]),
+                },
+            );
         }
         Ok(Self {
             eips,
+            enforcement,
             non_eip: counts(&v["non_eip"]),
         })
+    }
+
+    pub fn enforcement(&self, addr: IpAddr) -> Enforcement {
+        self.enforcement.get(&addr).cloned().unwrap_or_default()
     }
 
     pub fn eip(&self, addr: IpAddr) -> Counts {
@@ -570,6 +620,24 @@ impl Daemon {
     pub fn reload(&mut self, config: &str) -> Result<()> {
         std::fs::write(&self.config_path, config)?;
         self.signal(nix::sys::signal::Signal::SIGHUP)
+    }
+
+    /// [`Daemon::reload`], then waits (at most 5 s) for the daemon to log that it applied the
+    /// config; returns the time from the signal to that log line being visible.
+    pub fn reload_applied(&mut self, config: &str) -> Result<Duration> {
+        const APPLIED: &str = r#""message":"config applied""#;
+        let before = self.log().matches(APPLIED).count();
+        let started = Instant::now();
+        self.reload(config)?;
+        while self.log().matches(APPLIED).count() == before {
+            ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "config not applied within 5 s; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(started.elapsed())
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
