@@ -213,3 +213,149 @@ impl Topology {
         }
     }
 }
+
+/// Two dual-active routers between the Internet host and the tenant, with ECMP and layer-4
+/// hashing on both sides, so each flow takes one router and many flows spread over both.
+///
+/// ```text
+///                 +-- inet0 192.0.2.2/30 --- up0 [router a] dn0 --- ten0 198.51.100.2/30 --+
+///  internet       |                                                                       | tenant
+///  192.0.2.100/32 +-- inet1 192.0.2.6/30 --- up0 [router b] dn0 --- ten1 198.51.100.6/30 --+ EIPs on lo
+/// ```
+pub struct DualTopology {
+    pub internet: Netns,
+    pub routers: [Netns; 2],
+    pub tenant: Netns,
+}
+
+/// The Internet host's address in [`DualTopology`] (on its loopback, reachable via both).
+pub const DUAL_INTERNET_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+
+impl DualTopology {
+    pub fn new(eips: &[IpAddr]) -> Result<Self> {
+        let topo = Self {
+            internet: Netns::new("i")?,
+            routers: [Netns::new("ra")?, Netns::new("rb")?],
+            tenant: Netns::new("t")?,
+        };
+        let (i, t) = (&topo.internet, &topo.tenant);
+        for ns in [i, &topo.routers[0], &topo.routers[1], t] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+            // Layer-4 hashing: each flow sticks to one router, flows spread over both.
+            ns.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+            ns.ip(&["link", "set", "lo", "up"])?;
+        }
+        for (n, r) in topo.routers.iter().enumerate() {
+            let (inet_if, ten_if) = (format!("inet{n}"), format!("ten{n}"));
+            crate::run_cmd(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    UPLINK,
+                    "netns",
+                    r.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &inet_if,
+                    "netns",
+                    i.name(),
+                ],
+            )?;
+            crate::run_cmd(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "dn0",
+                    "netns",
+                    r.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &ten_if,
+                    "netns",
+                    t.name(),
+                ],
+            )?;
+            let base = 4 * n as u8;
+            let a = |net: &str, host: u8| format!("{net}.{}/30", base + host);
+            i.ip(&["addr", "add", &a("192.0.2", 2), "dev", &inet_if])?;
+            r.ip(&["addr", "add", &a("192.0.2", 1), "dev", UPLINK])?;
+            r.ip(&["addr", "add", &a("198.51.100", 1), "dev", "dn0"])?;
+            t.ip(&["addr", "add", &a("198.51.100", 2), "dev", &ten_if])?;
+            for (ns, dev) in [
+                (i, inet_if.as_str()),
+                (r, UPLINK),
+                (r, "dn0"),
+                (t, ten_if.as_str()),
+            ] {
+                ns.ip(&["link", "set", dev, "up"])?;
+            }
+            r.sysctl("net.ipv4.ip_forward", "1")?;
+            r.ip(&[
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                &format!("198.51.100.{}", base + 2),
+            ])?;
+            r.ip(&[
+                "route",
+                "add",
+                &format!("{DUAL_INTERNET_V4}/32"),
+                "via",
+                &format!("192.0.2.{}", base + 2),
+            ])?;
+        }
+        i.ip(&[
+            "addr",
+            "add",
+            &format!("{DUAL_INTERNET_V4}/32"),
+            "dev",
+            "lo",
+        ])?;
+        i.ip(&[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "nexthop",
+            "via",
+            "192.0.2.1",
+            "nexthop",
+            "via",
+            "192.0.2.5",
+        ])?;
+        t.ip(&[
+            "route",
+            "add",
+            "default",
+            "nexthop",
+            "via",
+            "198.51.100.1",
+            "nexthop",
+            "via",
+            "198.51.100.5",
+        ])?;
+        for eip in eips {
+            t.ip(&["addr", "add", &format!("{eip}/32"), "dev", "lo"])?;
+        }
+        Ok(topo)
+    }
+
+    /// Config of router `n`'s daemon (own pins and state), followed by `rest` (policing, EIPs).
+    pub fn config(&self, n: usize, rest: &str) -> String {
+        let name = self.routers[n].name();
+        let state_dir = std::env::temp_dir().join(format!("{name}-state"));
+        format!(
+            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{name}\"\n\n[sampler]\nstate_dir = \"{}\"\nhost = \"router-{n}\"\n\n{rest}\n",
+            state_dir.display()
+        )
+    }
+}

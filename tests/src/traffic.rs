@@ -142,19 +142,37 @@ pub fn iperf_spawn(
         .context("start iperf3 -c")
 }
 
-/// Waits (bounded) for a client started by [`iperf_spawn`] and parses its report.
+/// Waits (bounded) for a client started by [`iperf_spawn`] and parses its report. Output is
+/// drained while it runs: many streams' JSON exceeds a pipe buffer.
 pub fn iperf_wait(mut child: Child, seconds: u32) -> Result<IperfResult> {
+    use std::io::Read as _;
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|s| Box::new(s) as _));
+    let stderr = drain(child.stderr.take().map(|s| Box::new(s) as _));
     let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 30);
     while child.try_wait()?.is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            bail!("iperf3 client did not finish");
+            let _ = child.wait();
+            bail!(
+                "iperf3 client did not finish: {}",
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&stderr)))?;
     if let Some(e) = v.get("error") {
         bail!("iperf3: {e}");
     }

@@ -450,3 +450,92 @@ fn one_eips_overload_does_not_slow_the_others() {
         beside.goodput_bps()
     );
 }
+
+#[test]
+fn dual_active_routers_give_150_percent_to_many_flows_and_75_to_one() {
+    use eip_meter_tests::topology::{DUAL_INTERNET_V4, DualTopology};
+    require_root();
+    let eip = eip_v4(10);
+    let topo = DualTopology::new(&[eip]).unwrap();
+    let rest =
+        format!("[policing]\nshare = 0.75\n\n[[eip]]\naddress = \"{eip}\"\nbandwidth_mbps = 100\n");
+    let daemons: Vec<Daemon> = (0..2)
+        .map(|n| Daemon::start(binary(), &topo.routers[n], &topo.config(n, &rest), &[eip]).unwrap())
+        .collect();
+    let ping = topo
+        .internet
+        .command("ping")
+        .unwrap()
+        .args([
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            &DUAL_INTERNET_V4.to_string(),
+            &eip.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "no path: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let bandwidth = 100e6;
+    let src = IpAddr::V4(DUAL_INTERNET_V4);
+    let mut port = 5400;
+    let mut run = |streams: u32| {
+        port += 1;
+        let server = IperfServer::start(&topo.tenant, SocketAddr::new(eip, port)).unwrap();
+        let before: Vec<u64> = daemons
+            .iter()
+            .map(|d| d.counters().unwrap().eip(eip).inbound_bytes)
+            .collect();
+        let r = iperf(&topo.internet, src, server.addr, Load::Tcp { streams }, 10).unwrap();
+        let per_router: Vec<f64> = daemons
+            .iter()
+            .zip(&before)
+            .map(|(d, b)| {
+                (d.counters().unwrap().eip(eip).inbound_bytes - b) as f64 * 8.0 / r.seconds
+            })
+            .collect();
+        (r, per_router)
+    };
+
+    let (many, per_router) = run(16);
+    let total: f64 = per_router.iter().sum();
+    println!(
+        "16 flows: goodput {:.1} Mbit/s, IP-layer {:.1} Mbit/s = {:.1}% of the bandwidth (router a {:.1}, router b {:.1})",
+        many.goodput_bps() / 1e6,
+        total / 1e6,
+        total / bandwidth * 100.0,
+        per_router[0] / 1e6,
+        per_router[1] / 1e6
+    );
+    assert!(
+        (1.35..=1.5 * 1.03).contains(&(total / bandwidth)),
+        "many flows: {total:.0} bit/s is not about 150% of {bandwidth}"
+    );
+    for r in &per_router {
+        assert!(
+            *r <= 0.75 * 1.03 * bandwidth,
+            "one router passed {r:.0} bit/s"
+        );
+    }
+
+    let (one, per_router) = run(1);
+    let total: f64 = per_router.iter().sum();
+    println!(
+        "1 flow: goodput {:.1} Mbit/s, IP-layer {:.1} Mbit/s = {:.1}% of the bandwidth",
+        one.goodput_bps() / 1e6,
+        total / 1e6,
+        total / bandwidth * 100.0
+    );
+    assert!(
+        (0.675..=0.75 * 1.03).contains(&(total / bandwidth)),
+        "one flow: {total:.0} bit/s is not about 75% of {bandwidth}"
+    );
+}

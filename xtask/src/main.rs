@@ -38,7 +38,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
-    /// prints a table and writes target/bench/sampler.json. Needs root.
+    /// prints tables and writes target/bench/sampler.json and target/bench/dataplane.json.
+    /// Needs root.
     Bench,
 }
 
@@ -281,19 +282,25 @@ fn bench() -> Result<()> {
     if !is_root() {
         bail!("the benchmarks create eBPF maps: run them as root");
     }
-    let out = target_dir().join("bench").join("sampler.json");
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "--package",
-            "eip-meter-tests",
-            "--bin",
-            "eip-meter-bench",
-            "--",
-        ])
-        .arg(&out))
+    let bench_dir = target_dir().join("bench");
+    for (bin, out) in [
+        ("eip-meter-bench", "sampler.json"),
+        ("eip-meter-dataplane-bench", "dataplane.json"),
+    ] {
+        run(cargo()
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "eip-meter-tests",
+                "--bin",
+                bin,
+                "--",
+            ])
+            .arg(bench_dir.join(out)))?;
+    }
+    Ok(())
 }
 
 fn demo() -> Result<()> {
