@@ -458,8 +458,9 @@ fn live_edit(
     let eips = affected(&config);
     let desired = policy::desired(&config);
     let deadline = started + std::time::Duration::from_millis(live.timeout_ms);
+    let maps = PinnedMaps::open(&config.dataplane.pin_dir())?;
     loop {
-        if in_kernel(&config, &desired, &eips)? {
+        if in_kernel(&maps, &desired, &eips)? {
             println!(
                 "{}: applied by the daemon (pid {pid}) in {} ms",
                 path.display(),
@@ -477,17 +478,16 @@ fn live_edit(
     }
 }
 
-/// Whether the pinned maps hold `desired` for every EIP in `eips` (absent ones: not provisioned).
+/// Whether the pinned maps hold `desired` for every EIP in `eips` (absent ones: not
+/// provisioned). Looks up only those EIPs: this polls, and the inventory may be 1,000,000.
 fn in_kernel(
-    config: &Config,
+    maps: &PinnedMaps,
     desired: &policy::DesiredPolicy,
     eips: &[std::net::IpAddr],
 ) -> anyhow::Result<bool> {
-    let maps = PinnedMaps::open(&config.dataplane.pin_dir())?;
-    let actual: std::collections::HashMap<_, _> = maps.read_enforcement()?.into_iter().collect();
-    Ok(eips.iter().all(|addr| {
+    for addr in eips {
         let plan = desired.eips.iter().find(|(a, _)| a == addr).map(|(_, p)| p);
-        match (plan, actual.get(addr)) {
+        let matches = match (plan, maps.enforcement_of(*addr)?) {
             (None, None) => true,
             (Some(plan), Some(got)) => {
                 let caps = match &plan.caps {
@@ -502,8 +502,12 @@ fn in_kernel(
                 got.state == Some(plan.state) && got.caps == caps
             }
             _ => false,
+        };
+        if !matches {
+            return Ok(false);
         }
-    }))
+    }
+    Ok(true)
 }
 
 /// Replaces `path` so a reader sees the old file or the new one, never half of it.

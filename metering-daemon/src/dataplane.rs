@@ -328,15 +328,7 @@ impl Dataplane {
                 source,
             }
         };
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .expect("program is in the object")
-            .try_into()
-            .map_err(prog_err("type".into()))?;
-        if prog.fd().is_err() {
-            prog.load().map_err(prog_err("load".into()))?;
-        }
+        let prog = self.loaded_program(program)?;
         let link_err = |op: &'static str| {
             let path = pin.to_owned();
             move |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Link {
@@ -646,6 +638,31 @@ impl Dataplane {
         }
     }
 
+    /// `program`, loaded into the kernel (once) and ready to attach or run.
+    fn loaded_program(
+        &mut self,
+        program: &'static str,
+    ) -> Result<&mut SchedClassifier, DataplaneError> {
+        let prog_err = |op: &str| {
+            let op = op.to_owned();
+            move |source| DataplaneError::Program {
+                program,
+                op,
+                source,
+            }
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .expect("program is in the object")
+            .try_into()
+            .map_err(prog_err("type"))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(prog_err("load"))?;
+        }
+        Ok(prog)
+    }
+
     /// Runs `program` on `frame` (an Ethernet frame) `repeat` times in the kernel with
     /// `BPF_PROG_TEST_RUN`, against the live maps; returns the program's return code and the
     /// kernel's average nanoseconds per run. For benchmarks and tests: nothing is sent.
@@ -656,24 +673,8 @@ impl Dataplane {
         repeat: u32,
     ) -> Result<(u32, u32), DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .expect("program is in the object")
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                program,
-                op: "type".into(),
-                source,
-            })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| DataplaneError::Program {
-                program,
-                op: "load".into(),
-                source,
-            })?;
-        }
-        let fd = prog
+        let fd = self
+            .loaded_program(program)?
             .fd()
             .map_err(|source| DataplaneError::Program {
                 program,
@@ -825,36 +826,44 @@ impl PinnedMaps {
     pub fn read_enforcement(&self) -> Result<Vec<(IpAddr, EipEnforcement)>, DataplaneError> {
         let mut rows = read_slot_entries(&self.slots)?
             .into_iter()
-            .map(|(addr, slot)| {
-                let policy = self
-                    .policy
-                    .get(&slot, 0)
-                    .map_err(map_err(MAP_EIP_POLICY, "read slot"))?;
-                let caps = if policy.bucket == NO_BUCKET {
-                    None
-                } else {
-                    Some(
-                        self.buckets
-                            .get(&policy.bucket, 0)
-                            .map_err(map_err(MAP_BUCKET_CONFIG, "read bucket"))?,
-                    )
-                };
-                let drops = self
-                    .drops
-                    .get(&slot, 0)
-                    .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
-                Ok((
-                    addr,
-                    EipEnforcement {
-                        state: EipState::from_code(policy.state),
-                        caps,
-                        drops,
-                    },
-                ))
-            })
+            .map(|(addr, slot)| Ok((addr, self.enforcement_at(slot)?)))
             .collect::<Result<Vec<_>, DataplaneError>>()?;
         rows.sort_by_key(|(addr, _)| *addr);
         Ok(rows)
+    }
+
+    /// One EIP's enforcement, by key lookup (`None`: not provisioned).
+    pub fn enforcement_of(&self, addr: IpAddr) -> Result<Option<EipEnforcement>, DataplaneError> {
+        match self.slots.get(&key_of(addr), 0) {
+            Ok(slot) => self.enforcement_at(slot).map(Some),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_EIP_SLOTS, "look up EIP")(e)),
+        }
+    }
+
+    fn enforcement_at(&self, slot: u32) -> Result<EipEnforcement, DataplaneError> {
+        let policy = self
+            .policy
+            .get(&slot, 0)
+            .map_err(map_err(MAP_EIP_POLICY, "read slot"))?;
+        let caps = if policy.bucket == NO_BUCKET {
+            None
+        } else {
+            Some(
+                self.buckets
+                    .get(&policy.bucket, 0)
+                    .map_err(map_err(MAP_BUCKET_CONFIG, "read bucket"))?,
+            )
+        };
+        let drops = self
+            .drops
+            .get(&slot, 0)
+            .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
+        Ok(EipEnforcement {
+            state: EipState::from_code(policy.state),
+            caps,
+            drops,
+        })
     }
 
     /// Every EIP's counters, sorted by address.

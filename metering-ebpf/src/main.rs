@@ -116,27 +116,13 @@ struct Metered {
     /// Wire segments (1 unless this is a GSO/GRO super-packet).
     packets: u64,
     ipv6: bool,
-    /// The header byte holding the ECN bits (IPv4 TOS, or IPv6's second byte).
-    ecn_byte: u8,
-}
-
-impl Metered {
-    /// ECT(0) or ECT(1): the sender understands CE.
-    fn ecn_capable(&self) -> bool {
-        let ecn = if self.ipv6 {
-            (self.ecn_byte >> 4) & 3
-        } else {
-            self.ecn_byte & 3
-        };
-        ecn == 1 || ecn == 2
-    }
 }
 
 /// What the policy decided for one packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Pass,
-    /// Pass with CE set.
+    /// Pass, with CE set if the packet is ECN-capable.
     Mark,
     RateLimited,
     Blocked,
@@ -168,8 +154,8 @@ fn handle(ctx: &TcContext, direction: Direction) -> i32 {
             PASS_ON
         }
         Verdict::Mark => {
-            // Counted as delivered even if the mark cannot be written: the packet goes out.
-            if set_ce(ctx, &metered).is_ok() {
+            // Delivered whether or not it could be marked: the packet goes out.
+            if set_ce(ctx, metered.ipv6) == Ok(true) {
                 add_drops(slot, direction, &metered, verdict);
             }
             add_counts(EIP_COUNTERS.get_ptr_mut(slot), direction, &metered);
@@ -201,7 +187,7 @@ fn decide(policy: &EipPolicy, direction: Direction, metered: &Metered) -> Verdic
         Direction::Inbound => (&config.inbound, unsafe { &raw mut (*state).inbound }),
         Direction::Outbound => (&config.outbound, unsafe { &raw mut (*state).outbound }),
     };
-    let ecn = policy.flags & POLICY_FLAG_ECN != 0 && metered.ecn_capable();
+    let ecn = policy.flags & POLICY_FLAG_ECN != 0;
     // SAFETY: as above; `police` only touches the bucket through atomics and volatile reads.
     unsafe { police(config, state, metered.bytes, bpf_ktime_get_ns(), ecn) }
 }
@@ -305,21 +291,31 @@ fn add_drops(slot: u32, direction: Direction, metered: &Metered, verdict: Verdic
     }
 }
 
-/// Sets the ECN field to CE (both bits), fixing the IPv4 header checksum. GSO copies the header
-/// into every segment, so a super-packet's segments all carry the mark.
+/// Sets the ECN field to CE if the packet is ECN-capable (ECT(0) or ECT(1)) and says whether it
+/// did, fixing the IPv4 header checksum. Read only here, on the rare near-the-cap path. GSO
+/// copies the header into every segment, so a super-packet's segments all carry the mark.
 #[inline(always)]
-fn set_ce(ctx: &TcContext, metered: &Metered) -> Result<(), i64> {
-    if metered.ipv6 {
-        // Traffic class straddles bytes 0 and 1; its ECN bits are bits 4-5 of byte 1.
-        let marked = metered.ecn_byte | 0x30;
-        ctx.store(ETH_HLEN + 1, &marked, 0)
+fn set_ce(ctx: &TcContext, ipv6: bool) -> Result<bool, i64> {
+    // IPv4 TOS, or the second byte of IPv6 (its traffic class straddles bytes 0 and 1, the ECN
+    // bits are bits 4-5 of byte 1).
+    let byte: u8 = ctx.load(ETH_HLEN + 1)?;
+    let (ecn, ce_bits) = if ipv6 {
+        ((byte >> 4) & 3, 0x30)
+    } else {
+        (byte & 3, 0x03)
+    };
+    if ecn != 1 && ecn != 2 {
+        return Ok(false);
+    }
+    if ipv6 {
+        ctx.store(ETH_HLEN + 1, &(byte | ce_bits), 0)?;
     } else {
         let old_word: u16 = ctx.load(ETH_HLEN)?;
-        let marked = metered.ecn_byte | 0x03;
-        ctx.store(ETH_HLEN + 1, &marked, 0)?;
+        ctx.store(ETH_HLEN + 1, &(byte | ce_bits), 0)?;
         let new_word: u16 = ctx.load(ETH_HLEN)?;
-        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old_word), u64::from(new_word), 2)
+        ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old_word), u64::from(new_word), 2)?;
     }
+    Ok(true)
 }
 
 /// Segments this skb stands for on the wire (`gso_segs` is 0 for an ordinary packet).
@@ -379,7 +375,6 @@ fn parse_ipv4(ctx: &TcContext, direction: Direction) -> Result<Metered, i64> {
         bytes: ip_layer_bytes(ctx, total_len, segments, header_len),
         packets: u64::from(segments),
         ipv6: false,
-        ecn_byte: ctx.load(ETH_HLEN + 1)?,
     })
 }
 
@@ -404,7 +399,6 @@ fn parse_ipv6(ctx: &TcContext, direction: Direction) -> Result<Metered, i64> {
         bytes: ip_layer_bytes(ctx, IPV6_HLEN + payload_len, segments, header_len),
         packets: u64::from(segments),
         ipv6: true,
-        ecn_byte: ctx.load(ETH_HLEN + 1)?,
     })
 }
 

@@ -64,40 +64,8 @@ impl Topology {
             ns.sysctl("net.ipv4.tcp_timestamps", "1")?;
         }
         // veth ends are created straight in their namespaces, so names never clash across tests.
-        crate::run_cmd(
-            "ip",
-            &[
-                "link",
-                "add",
-                UPLINK,
-                "netns",
-                topo.router.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "inet0",
-                "netns",
-                topo.internet.name(),
-            ],
-        )?;
-        crate::run_cmd(
-            "ip",
-            &[
-                "link",
-                "add",
-                "dn0",
-                "netns",
-                topo.router.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ten0",
-                "netns",
-                topo.tenant.name(),
-            ],
-        )?;
+        veth_pair(&topo.router, UPLINK, &topo.internet, "inet0")?;
+        veth_pair(&topo.router, "dn0", &topo.tenant, "ten0")?;
         let i = &topo.internet;
         let r = &topo.router;
         let t = &topo.tenant;
@@ -214,6 +182,29 @@ impl Topology {
     }
 }
 
+/// A veth pair with one end in each namespace, created straight there so interface names never
+/// clash across tests running in parallel.
+fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    crate::run_cmd(
+        "ip",
+        &[
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_if,
+            "netns",
+            b.name(),
+        ],
+    )?;
+    Ok(())
+}
+
 /// Two dual-active routers between the Internet host and the tenant, with ECMP and layer-4
 /// hashing on both sides, so each flow takes one router and many flows spread over both.
 ///
@@ -250,40 +241,8 @@ impl DualTopology {
         }
         for (n, r) in topo.routers.iter().enumerate() {
             let (inet_if, ten_if) = (format!("inet{n}"), format!("ten{n}"));
-            crate::run_cmd(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    UPLINK,
-                    "netns",
-                    r.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &inet_if,
-                    "netns",
-                    i.name(),
-                ],
-            )?;
-            crate::run_cmd(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "dn0",
-                    "netns",
-                    r.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &ten_if,
-                    "netns",
-                    t.name(),
-                ],
-            )?;
+            veth_pair(r, UPLINK, i, &inet_if)?;
+            veth_pair(r, "dn0", t, &ten_if)?;
             let base = 4 * n as u8;
             let a = |net: &str, host: u8| format!("{net}.{}/30", base + host);
             i.ip(&["addr", "add", &a("192.0.2", 2), "dev", &inet_if])?;

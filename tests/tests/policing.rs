@@ -539,3 +539,38 @@ fn dual_active_routers_give_150_percent_to_many_flows_and_75_to_one() {
         "one flow: {total:.0} bit/s is not about 75% of {bandwidth}"
     );
 }
+
+#[test]
+fn ecn_capable_flows_are_marked_ce_near_the_cap_and_the_marks_are_counted() {
+    let eip = eip_v4(10);
+    let topo = topo(&[eip]);
+    for ns in [&topo.internet, &topo.tenant] {
+        ns.sysctl("net.ipv4.tcp_ecn", "1").unwrap();
+    }
+    let cfg = config(&topo, "share = 1.0", "", &[(eip, "bandwidth_mbps = 20")]);
+    let daemon = Daemon::start(binary(), &topo.router, &cfg, &[eip]).unwrap();
+    let server = IperfServer::start(&topo.tenant, SocketAddr::new(eip, 5201)).unwrap();
+    let ce0 = IpStats::read(&topo.tenant).unwrap().get("IpExtInCEPkts");
+    let r = iperf(
+        &topo.internet,
+        IpAddr::V4(INTERNET_V4),
+        server.addr,
+        Load::Tcp { streams: 1 },
+        5,
+    )
+    .unwrap();
+    // The receiver's own count of CE segments is the independent witness.
+    let ce = IpStats::read(&topo.tenant).unwrap().get("IpExtInCEPkts") - ce0;
+    let marks = daemon.counters().unwrap().enforcement(eip).inbound_drops;
+    println!(
+        "ECN flow at a 20 Mbit/s cap: goodput {:.1} Mbit/s, {} retransmits, {} segments marked CE (receiver saw {ce})",
+        r.goodput_bps() / 1e6,
+        r.retransmits,
+        marks.ecn_marked_packets
+    );
+    assert!(marks.ecn_marked_packets > 0, "no packet was marked");
+    assert_eq!(
+        marks.ecn_marked_packets, ce,
+        "marks counted != CE segments received"
+    );
+}
