@@ -55,6 +55,9 @@ pub fn samples_since(
     calendar: &Calendar,
 ) -> Vec<Sample> {
     let step = i64::from(calendar.interval());
+    if let Some(one) = prev.and_then(|p| next_interval(p, now, step)) {
+        return vec![one];
+    }
     let (from, inbound, outbound, mut state) = match prev {
         None => (
             calendar.interval_start(first_seen),
@@ -102,6 +105,20 @@ pub fn samples_since(
             }
         })
         .collect()
+}
+
+/// The common case of [`samples_since`] without allocating: the next reading one interval
+/// after the last, with no counter reset, is one measured sample of the difference.
+fn next_interval(prev: Snapshot, now: Snapshot, step: i64) -> Option<Sample> {
+    (now.at - prev.at == step
+        && now.inbound_bytes >= prev.inbound_bytes
+        && now.outbound_bytes >= prev.outbound_bytes)
+        .then(|| Sample {
+            start: prev.at,
+            inbound_bytes: now.inbound_bytes - prev.inbound_bytes,
+            outbound_bytes: now.outbound_bytes - prev.outbound_bytes,
+            state: SampleState::Measured,
+        })
 }
 
 /// Whether `eip`'s series is due for its daily checkpoint in the round at `boundary`.
@@ -156,7 +173,7 @@ impl Sampler {
         calendar: Calendar,
         options: SeriesOptions,
         host: String,
-        store: Store,
+        mut store: Store,
     ) -> Result<Self, StoreError> {
         store.check_settings(&calendar, &host)?;
         let mut snapshots = store.load_snapshots()?;
@@ -240,6 +257,7 @@ impl Sampler {
         let mut to_checkpoint: Vec<usize> = Vec::new();
         let mut order: Vec<usize> = Vec::with_capacity(readings.len());
         let mut in_order = true;
+        let step = i64::from(self.calendar.interval());
         for (position, (eip, counters)) in readings.iter().enumerate() {
             let i = if self.states.get(position).is_some_and(|s| s.eip == *eip) {
                 position
@@ -255,7 +273,15 @@ impl Sampler {
                 continue; // this boundary was already committed
             }
             let first_seen = st.first_seen.unwrap_or(boundary - 1);
-            let new = samples_since(st.snapshot, now, first_seen, &calendar);
+            let one = st.snapshot.and_then(|p| next_interval(p, now, step));
+            let many;
+            let new: &[Sample] = match &one {
+                Some(sample) => std::slice::from_ref(sample),
+                None => {
+                    many = samples_since(st.snapshot, now, first_seen, &calendar);
+                    &many
+                }
+            };
             let id = match st.store_id {
                 Some(id) => id,
                 None => {
@@ -266,7 +292,7 @@ impl Sampler {
                     id
                 }
             };
-            for sample in &new {
+            for sample in new {
                 if let Err(e) = st.series.push(*sample) {
                     // Never double count: a refused sample is reported, not applied.
                     error!(%eip, error = %e, "sample refused by the billing series");

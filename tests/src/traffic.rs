@@ -39,6 +39,11 @@ impl IperfResult {
 pub enum Load {
     /// `streams` TCP flows (default congestion control, CUBIC).
     Tcp { streams: u32 },
+    /// One TCP flow with its sender and receiver pinned to `cpu`. veth delivers on the
+    /// sending CPU (no RPS here), so the router's forwarding path, and any program on it, runs
+    /// there too: the throughput is bound by that one CPU, and the other core's noise (the
+    /// test itself, the host) stays out of it.
+    TcpOnCpu { cpu: u32 },
     /// UDP offered at `rate_bps` in datagrams of `payload` bytes.
     Udp { rate_bps: u64, payload: u32 },
 }
@@ -125,6 +130,9 @@ pub fn iperf_spawn(
     match load {
         Load::Tcp { streams } => {
             cmd.args(["-P", &streams.to_string()]);
+        }
+        Load::TcpOnCpu { cpu } => {
+            cmd.args(["-P", "1", "-A", &format!("{cpu},{cpu}")]);
         }
         Load::Udp { rate_bps, payload } => {
             cmd.args([

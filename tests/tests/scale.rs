@@ -1,14 +1,16 @@
-//! A million EIPs provisioned, one of them counted exactly.
+//! A million EIPs provisioned, one of them counted exactly, every other one read back exactly.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     time::Instant,
 };
 
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use eip_meter_tests::{
     UdpSink, mixed_sizes, require_root, send_udp,
     topology::{Topology, TopologyOptions, UPLINK, eip_v4},
 };
+use metering_common::{DirectionCounters, MAP_EIP_COUNTERS, TrafficCounters};
 use metering_daemon::{
     config::{DataplaneConfig, OnExit},
     dataplane::Dataplane,
@@ -41,6 +43,7 @@ fn one_million_eips_load_and_one_is_counted_exactly() {
         })
         .collect();
     inventory.push(eip);
+    let inventory_copy = inventory.clone();
 
     let mut config = DataplaneConfig::with_interfaces(vec![UPLINK.to_owned()]);
     config.capacity = EIPS;
@@ -76,6 +79,40 @@ fn one_million_eips_load_and_one_is_counted_exactly() {
     )
     .unwrap();
 
+    // Every other EIP gets distinct per-CPU values written straight into the map, so the
+    // batched read (one slice of slots per core) is checked slot by slot against them.
+    let mut map: PerCpuArray<MapData, TrafficCounters> = PerCpuArray::try_from(Map::PerCpuArray(
+        MapData::from_pin(pin_dir.join(MAP_EIP_COUNTERS)).unwrap(),
+    ))
+    .unwrap();
+    let nr_cpus = aya::util::nr_cpus().unwrap();
+    let per_cpu = |i: u64, cpu: u64| TrafficCounters {
+        inbound: DirectionCounters {
+            bytes: i * 1000 + cpu,
+            packets: i + cpu,
+        },
+        outbound: DirectionCounters {
+            bytes: i * 7 + cpu,
+            packets: cpu,
+        },
+    };
+    let mut expected = std::collections::HashMap::new();
+    for (i, addr) in inventory_copy
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| **a != eip)
+    {
+        let i = i as u64;
+        let values: Vec<TrafficCounters> = (0..nr_cpus as u64).map(|cpu| per_cpu(i, cpu)).collect();
+        let sum = values
+            .iter()
+            .fold(TrafficCounters::default(), |a, v| a.plus(*v));
+        let slot = dataplane.slots().slot(addr).unwrap();
+        map.set(slot, PerCpuValues::try_from(values).unwrap(), 0)
+            .unwrap();
+        expected.insert(*addr, sum);
+    }
+
     let started = Instant::now();
     let counters = dataplane.read_counters().unwrap();
     eprintln!(
@@ -86,12 +123,12 @@ fn one_million_eips_load_and_one_is_counted_exactly() {
     assert_eq!(counters.len(), EIPS as usize);
     let (_, mine) = counters.iter().find(|(a, _)| *a == eip).unwrap();
     assert_eq!((mine.inbound.bytes, mine.inbound.packets), (sent, 500));
-    let others: u64 = counters
-        .iter()
-        .filter(|(a, _)| *a != eip)
-        .map(|(_, c)| c.inbound.bytes + c.outbound.bytes)
-        .sum();
-    assert_eq!(others, 0, "idle EIPs stay at zero");
+    let mut checked = 0;
+    for (addr, c) in counters.iter().filter(|(a, _)| *a != eip) {
+        assert_eq!(c, &expected[addr], "{addr}");
+        checked += 1;
+    }
+    assert_eq!(checked, EIPS as usize - 1);
     dataplane.shutdown().unwrap();
     assert!(!pin_dir.exists());
 }

@@ -17,6 +17,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+use metering_common::{MAP_EIP_COUNTERS, TrafficCounters};
 use metering_daemon::{
     billing::{
         SampleState, average_bps,
@@ -170,6 +172,30 @@ fn round_bench(n: u32) -> Result<RoundResult> {
         sampler.eip_added(*a, T0 - 10);
     }
 
+    // Every EIP carries traffic in every interval, as on a busy router: the counters are
+    // written straight into the kernel map before each round (CPU 0's copy; the others stay 0).
+    let counters_pin = dp.pin_dir().join(MAP_EIP_COUNTERS);
+    let mut counters: PerCpuArray<MapData, TrafficCounters> =
+        PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(&counters_pin)?))?;
+    let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let mut totals = vec![TrafficCounters::default(); addrs.len()];
+    let mut traffic = |totals: &mut [TrafficCounters], interval: u64| -> Result<()> {
+        for (e, addr) in addrs.iter().enumerate() {
+            let slot = dp.slots().slot(addr).context("provisioned")?;
+            let b = bytes(e as u64, interval);
+            let t = &mut totals[e];
+            t.inbound.bytes += b;
+            t.inbound.packets += b / 1200 + 1;
+            t.outbound.bytes += b / 2;
+            t.outbound.packets += b / 2400 + 1;
+            let mut values = vec![TrafficCounters::default(); nr_cpus];
+            values[0] = *t;
+            counters.set(slot, PerCpuValues::try_from(values)?, 0)?;
+        }
+        Ok(())
+    };
+
+    traffic(&mut totals, 0)?;
     let first = Instant::now();
     sampler.round(T0, &dp.read_counters()?)?;
     let first_round = first.elapsed().as_secs_f64();
@@ -177,6 +203,7 @@ fn round_bench(n: u32) -> Result<RoundResult> {
     let (mut rounds, mut reads, mut naive) = (Vec::new(), Vec::new(), Vec::new());
     let (mut computes, mut commits) = (Vec::new(), Vec::new());
     for k in 1..=3 {
+        traffic(&mut totals, k as u64)?;
         let t = Instant::now();
         let readings = dp.read_counters()?;
         let read = t.elapsed().as_secs_f64();
@@ -195,7 +222,13 @@ fn round_bench(n: u32) -> Result<RoundResult> {
         let pinned = metering_daemon::dataplane::PinnedMaps::open(dp.pin_dir())?;
         let slow = pinned.read_counters()?;
         naive.push(t.elapsed().as_secs_f64());
-        ensure!(slow.len() == readings.len());
+        // Both reads return exactly what was written into the map.
+        let position: std::collections::HashMap<IpAddr, usize> =
+            addrs.iter().enumerate().map(|(e, a)| (*a, e)).collect();
+        ensure!(slow.len() == readings.len() && readings.len() == addrs.len());
+        for (addr, c) in readings.iter().chain(&slow) {
+            ensure!(*c == totals[position[addr]], "{addr}: read {c:?}");
+        }
     }
     dp.shutdown()?;
     let _ = std::fs::remove_dir_all(&dir);
