@@ -73,8 +73,9 @@ enum Command {
     },
     /// Recompute billing figures offline from raw 5-minute samples and print them as JSON.
     ///
-    /// SAMPLES rows: `eip,interval_start,bytes_in,bytes_out[,host]` after a header line, with
-    /// `interval_start` in RFC 3339 with an offset. Rows of one EIP and interval from different
+    /// SAMPLES rows: `eip,interval_start,bytes_in,bytes_out[,host[,state]]` after a header
+    /// line, with `interval_start` in RFC 3339 with an offset and `state` `measured` (default) or
+    /// `partial`. Rows of one EIP and interval from different
     /// hosts are summed first. Any bad row (unaligned start, duplicate host, negative or
     /// non-numeric count, malformed address) is reported with its line and nothing is printed
     /// on stdout; the exit code is then 1.
@@ -331,13 +332,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 live_edit(
                     &live,
                     |t| edit::set_eip(t, address, &changes),
-                    |_| vec![crate::config::normalize(address)],
+                    |_| vec![crate::addr::normalize(address)],
                 )
             }
             EipAction::Remove { address, live } => live_edit(
                 &live,
                 |t| edit::remove_eip(t, address),
-                |_| vec![crate::config::normalize(address)],
+                |_| vec![crate::addr::normalize(address)],
             ),
         },
         Command::Group { action } => match action {
@@ -378,11 +379,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     pin_dir.display()
                 )
             })?;
+            let (uplinks, checked_at) = uplink_rows(&c);
             let report = CounterReport::new(
                 &maps.read_counters()?,
                 &maps.read_enforcement()?,
                 maps.read_non_eip()?,
-            );
+            )
+            .with_uplinks(uplinks, checked_at);
             print!(
                 "{}",
                 if json {
@@ -394,7 +397,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let initial = load_config(&config, &CurrentNetns)?;
+            // An uplink that does not exist yet is attached when it appears (`validate` still
+            // reports it); every other problem stops the start.
+            let initial = load_config(&config, &AnyInterface)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -403,6 +408,36 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The uplinks as the running daemon last checked them, or `unknown` when no daemon is
+/// running (its status file is gone, or its process is).
+fn uplink_rows(config: &Config) -> (Vec<crate::report::UplinkRow>, Option<i64>) {
+    use crate::report::UplinkRow;
+    let path = crate::daemon::uplinks_file(&config.sampler.state_dir);
+    let file: Option<crate::daemon::UplinkFile> = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    match file {
+        Some(f) if process_alive(f.pid) => (
+            f.uplinks.iter().map(UplinkRow::checked).collect(),
+            Some(f.checked_at),
+        ),
+        _ => (
+            config
+                .dataplane
+                .interfaces
+                .iter()
+                .map(|i| UplinkRow::unknown(i))
+                .collect(),
+            None,
+        ),
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    i32::try_from(pid)
+        .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
 }
 
 /// Edit, validate, write atomically, signal the daemon, and confirm `affected` EIPs from the
@@ -550,7 +585,8 @@ async fn run_with_signals(path: PathBuf, initial: Config) -> anyhow::Result<()> 
     let reloader = async move {
         while hangup.recv().await.is_some() {
             info!(config = %path.display(), "SIGHUP: reloading");
-            match load_config(&path, &CurrentNetns) {
+            // Uplinks are fixed until a restart, and may be missing for a while: not checked.
+            match load_config(&path, &AnyInterface) {
                 Ok(c) => {
                     if reload_tx.send(c).await.is_err() {
                         break;

@@ -14,6 +14,7 @@ use std::{
 
 use metering_common::PIN_LAYOUT_VERSION;
 
+use crate::addr::normalize;
 use crate::billing::{
     GbUnit, SampleRule,
     calendar::{Calendar, DEFAULT_INTERVAL_SECONDS, DEFAULT_TIMEZONE},
@@ -760,14 +761,6 @@ impl Config {
 fn problems_push_global(problem: &mut impl FnMut(Range<usize>, String), message: &str) {
     // Problems about the file as a whole point at its start.
     problem(0..0, message.to_owned());
-}
-
-/// IPv4-mapped IPv6 addresses are the IPv4 address (the kernel key is the same).
-pub fn normalize(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 fn is_assignable(addr: IpAddr) -> bool {

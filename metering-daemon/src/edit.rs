@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
-use crate::config::{EipState, normalize};
+use crate::{addr::normalize, config::EipState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {

@@ -1,13 +1,19 @@
 //! eip-meter: meters and polices the traffic of cloud Elastic IPs on Linux routers.
 //!
-//! * [`config`]: the TOML configuration and its validation.
-//! * [`dataplane`]: everything that touches the kernel (eBPF load, pins, attach, maps).
-//! * [`slots`]: pure `EIP -> slot` bookkeeping.
-//! * [`edit`]: comment-preserving config edits for live changes.
-//! * [`policy`]: pure translation of caps, groups and states into kernel policy.
-//! * [`daemon`]: the long-running loop ([`daemon::run`]).
+//! The modules follow the flow from packet to bill; each depends only on those below it.
+//!
+//! * [`cli`]: the `eip-meter` command line (the only place with `anyhow`).
+//! * [`daemon`]: the long-running loop ([`daemon::run`]) that wires the stages together.
 //! * [`report`]: counter tables and JSON.
-//! * [`cli`]: the `eip-meter` command line.
+//! * [`sampling`]: interval samples from the counters, committed each round; metering gaps.
+//! * [`dataplane`]: everything that touches the kernel (eBPF load, pins, links, maps, netlink).
+//! * [`store`]: the local crash-safe sample store.
+//! * [`slots`], [`policy`], [`edit`]: pure inventory bookkeeping, kernel policy, config edits.
+//! * [`config`]: the TOML configuration and its validation.
+//! * [`billing`]: the billing rules and figures (pure).
+//! * [`addr`]: what makes two spellings of an address the same EIP.
+pub mod addr;
+pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -15,9 +21,8 @@ pub mod dataplane;
 pub mod edit;
 pub mod policy;
 pub mod report;
-pub mod sampler;
+pub mod sampling;
 pub mod slots;
 pub mod store;
 
 pub use daemon::run;
-pub mod billing;

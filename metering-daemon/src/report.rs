@@ -5,7 +5,7 @@ use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 use metering_common::{DirectionDrops, TrafficCounters};
 use serde::Serialize;
 
-use crate::dataplane::EipEnforcement;
+use crate::dataplane::{EipEnforcement, UplinkStatus};
 
 /// One row of `eip-meter counters --json`. Bytes and packets are *delivered* traffic (what
 /// billing sees); what the cap or a block dropped is in `inbound_drops` / `outbound_drops`.
@@ -53,11 +53,58 @@ fn cap(rate_bps: u64) -> Option<u64> {
     (rate_bps != 0).then_some(rate_bps)
 }
 
+/// One uplink in `eip-meter counters`, as the running daemon last checked it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct UplinkRow {
+    pub interface: String,
+    /// `attached`, `detached`, `missing`, or `unknown` when no daemon is running to check.
+    pub state: String,
+    pub ifindex: Option<u32>,
+    pub mode: Option<String>,
+    /// UNIX seconds since which it is in this state.
+    pub since: Option<i64>,
+    /// Times metering was lost on it since the daemon started.
+    pub detachments: u64,
+    /// Seconds it was not metered since the daemon started.
+    pub detached_seconds: f64,
+}
+
+impl UplinkRow {
+    pub fn checked(status: &UplinkStatus) -> Self {
+        Self {
+            interface: status.interface.clone(),
+            state: status.state.as_str().to_owned(),
+            ifindex: status.ifindex,
+            mode: Some(status.mode.clone()),
+            since: Some(status.since),
+            detachments: status.detachments,
+            detached_seconds: status.detached_seconds,
+        }
+    }
+
+    /// An uplink nobody is checking (no daemon running).
+    pub fn unknown(interface: &str) -> Self {
+        Self {
+            interface: interface.to_owned(),
+            state: "unknown".to_owned(),
+            ifindex: None,
+            mode: None,
+            since: None,
+            detachments: 0,
+            detached_seconds: 0.0,
+        }
+    }
+}
+
 /// The whole `eip-meter counters --json` document.
 #[derive(Debug, Serialize)]
 pub struct CounterReport {
     /// Always `"ip_layer_bytes"`: IP header + payload of every wire segment.
     pub unit: &'static str,
+    /// Whether the programs are on each uplink: counters of a detached uplink stand still.
+    pub uplinks: Vec<UplinkRow>,
+    /// UNIX seconds of the daemon's last uplink check (none: no daemon running).
+    pub uplinks_checked_at: Option<i64>,
     pub eips: Vec<CounterRow>,
     /// Traffic on the uplinks whose address is no EIP.
     pub non_eip: NonEipRow,
@@ -81,6 +128,8 @@ impl CounterReport {
             enforcement.iter().map(|(a, e)| (*a, e)).collect();
         Self {
             unit: "ip_layer_bytes",
+            uplinks: Vec::new(),
+            uplinks_checked_at: None,
             eips: eips
                 .iter()
                 .map(|(eip, c)| {
@@ -110,12 +159,47 @@ impl CounterReport {
         }
     }
 
+    /// Adds the uplinks' attachment state, as checked at `checked_at` (none: not checked).
+    pub fn with_uplinks(mut self, uplinks: Vec<UplinkRow>, checked_at: Option<i64>) -> Self {
+        self.uplinks = uplinks;
+        self.uplinks_checked_at = checked_at;
+        self
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serializes")
     }
 
-    /// A fixed-width table with one line per EIP and a last line for non-EIP traffic.
+    /// One line per uplink, then a fixed-width table with one line per EIP and a last line for
+    /// non-EIP traffic.
     pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        for u in &self.uplinks {
+            let _ = write!(out, "uplink {}: {}", u.interface, u.state);
+            if let (Some(mode), Some(ifindex)) = (&u.mode, u.ifindex) {
+                let _ = write!(out, " ({mode}, ifindex {ifindex})");
+            }
+            if let Some(since) = u.since.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+                let _ = write!(out, " since {}", since.to_rfc3339());
+            }
+            if u.state == "unknown" {
+                out.push_str(" (no daemon running to check it)");
+            } else if u.detachments > 0 || u.detached_seconds > 0.0 {
+                let _ = write!(
+                    out,
+                    "; lost {} time(s), {:.1} s not metered",
+                    u.detachments, u.detached_seconds
+                );
+            }
+            out.push('\n');
+        }
+        if !self.uplinks.is_empty() {
+            out.push('\n');
+        }
+        out + &self.eip_table()
+    }
+
+    fn eip_table(&self) -> String {
         let rows = self
             .eips
             .iter()
@@ -213,6 +297,39 @@ mod tests {
         assert!(lines[0].starts_with("EIP"));
         assert!(lines[1].starts_with("203.0.113.10") && lines[1].contains(" 1500"));
         assert!(lines[2].starts_with("(not an EIP)"));
+    }
+
+    #[test]
+    fn table_starts_with_the_uplinks() {
+        let status = UplinkStatus {
+            interface: "up0".into(),
+            state: crate::dataplane::UplinkState::Detached,
+            ifindex: None,
+            mode: "tcx".into(),
+            since: 1_793_462_400,
+            detachments: 2,
+            detached_seconds: 3.25,
+        };
+        let r = CounterReport::new(&[], &[], counters(0, 0, 0, 0)).with_uplinks(
+            vec![UplinkRow::checked(&status), UplinkRow::unknown("up1")],
+            Some(1_793_462_410),
+        );
+        let t = r.to_table();
+        let lines: Vec<_> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "uplink up0: detached since 2026-10-31T16:00:00+00:00; lost 2 time(s), 3.2 s not metered"
+        );
+        assert_eq!(
+            lines[1],
+            "uplink up1: unknown (no daemon running to check it)"
+        );
+        assert_eq!(lines[2], "");
+        assert!(lines[3].starts_with("EIP"));
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["uplinks"][0]["state"], "detached");
+        assert_eq!(v["uplinks"][0]["detachments"], 2);
+        assert_eq!(v["uplinks_checked_at"], 1_793_462_410);
     }
 
     #[test]

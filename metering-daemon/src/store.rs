@@ -21,13 +21,11 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{
-    billing::{
-        SampleState,
-        calendar::Calendar,
-        series::{Closed, Sample, Series},
-    },
-    sampler::Snapshot,
+use crate::billing::{
+    SampleState,
+    calendar::Calendar,
+    samples::Snapshot,
+    series::{Closed, Sample, Series},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +85,24 @@ CREATE TABLE IF NOT EXISTS daily_figures (
     eip INTEGER NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (day, eip));
 CREATE TABLE IF NOT EXISTS monthly_figures (
     eip INTEGER NOT NULL, month TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (month, eip));
+-- When an uplink was not metered: [from_s, to_s) in UNIX seconds, to_s NULL while it lasts.
+-- Kept for audits; the gaps that reach past the last round also survive a restart, so the
+-- samples of every interval they touch are marked partial whichever daemon commits them.
+CREATE TABLE IF NOT EXISTS metering_gaps (
+    id INTEGER PRIMARY KEY, uplink TEXT NOT NULL, cause TEXT NOT NULL,
+    from_s REAL NOT NULL, to_s REAL);
 ";
+
+/// One recorded metering gap of an uplink.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GapRecord {
+    pub uplink: String,
+    pub cause: String,
+    /// UNIX seconds.
+    pub from: f64,
+    /// UNIX seconds; `None` while the uplink is still not metered.
+    pub to: Option<f64>,
+}
 
 /// Fixed-size little-endian records, so a round of 1,000,000 EIPs is one 33 MB row rather than
 /// 1,000,000 rows (a round stays well under a second).
@@ -660,18 +675,22 @@ impl Store {
         Ok(())
     }
 
-    /// Writes every sample as `eip,interval_start,bytes_in,bytes_out,host` (the input of
+    /// Writes every sample as `eip,interval_start,bytes_in,bytes_out,host,state` (the input of
     /// `eip-meter compute`), round by round; each EIP's rows are in time order.
     pub fn export_samples(&self, mut out: impl Write) -> Result<u64, StoreError> {
-        writeln!(out, "eip,interval_start,bytes_in,bytes_out,host")?;
+        writeln!(out, "eip,interval_start,bytes_in,bytes_out,host,state")?;
         let mut n = 0;
         self.for_each_sample(|eip, s, host| {
             let at = chrono::DateTime::from_timestamp(s.start, 0)
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default();
+            let state = match s.state {
+                SampleState::Measured => "measured",
+                SampleState::Partial => "partial",
+            };
             writeln!(
                 out,
-                "{eip},{at},{},{},{host}",
+                "{eip},{at},{},{},{host},{state}",
                 s.inbound_bytes, s.outbound_bytes
             )?;
             n += 1;
@@ -705,6 +724,76 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Records that `uplink` is not metered from `from` on (an open gap; an uplink has at most
+    /// one, whose start only moves earlier).
+    pub fn gap_opened(&self, uplink: &str, cause: &str, from: f64) -> Result<(), StoreError> {
+        let updated = self
+            .conn
+            .execute(
+                "UPDATE metering_gaps SET from_s = min(from_s, ?2) WHERE uplink = ?1 AND to_s IS NULL",
+                params![uplink, from],
+            )
+            .map_err(sql("record gap"))?;
+        if updated == 0 {
+            self.conn
+                .execute(
+                    "INSERT INTO metering_gaps (uplink, cause, from_s) VALUES (?1, ?2, ?3)",
+                    params![uplink, cause, from],
+                )
+                .map_err(sql("record gap"))?;
+        }
+        Ok(())
+    }
+
+    /// Records that `uplink` was not metered during `[from, to)`: closes its open gap (whose
+    /// start is the earlier of the two), or records the whole gap if none was open.
+    pub fn gap_closed(
+        &self,
+        uplink: &str,
+        cause: &str,
+        from: f64,
+        to: f64,
+    ) -> Result<(), StoreError> {
+        let updated = self
+            .conn
+            .execute(
+                "UPDATE metering_gaps SET from_s = min(from_s, ?2), to_s = ?3 WHERE uplink = ?1 AND to_s IS NULL",
+                params![uplink, from, to],
+            )
+            .map_err(sql("record gap"))?;
+        if updated == 0 {
+            self.conn
+                .execute(
+                    "INSERT INTO metering_gaps (uplink, cause, from_s, to_s) VALUES (?1, ?2, ?3, ?4)",
+                    params![uplink, cause, from, to],
+                )
+                .map_err(sql("record gap"))?;
+        }
+        Ok(())
+    }
+
+    /// The gaps still open or ending after `after` (UNIX seconds), oldest first.
+    pub fn gaps_after(&self, after: f64) -> Result<Vec<GapRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT uplink, cause, from_s, to_s FROM metering_gaps
+                 WHERE to_s IS NULL OR to_s > ?1 ORDER BY id",
+            )
+            .map_err(sql("read gaps"))?;
+        let rows = stmt
+            .query_map(params![after], |r| {
+                Ok(GapRecord {
+                    uplink: r.get(0)?,
+                    cause: r.get(1)?,
+                    from: r.get(2)?,
+                    to: r.get(3)?,
+                })
+            })
+            .map_err(sql("read gaps"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("read gaps"))
     }
 
     /// Number of samples and total bytes of one EIP (for tests and quick checks).
@@ -779,7 +868,7 @@ mod tests {
     use metering_common::{DirectionCounters, TrafficCounters};
 
     use super::*;
-    use crate::{billing::series::SeriesOptions, sampler::Sampler};
+    use crate::{billing::series::SeriesOptions, sampling::Sampler};
 
     const T0: i64 = 1_793_462_400; // 2026-11-01T00:00:00+08:00
 
@@ -832,7 +921,7 @@ mod tests {
         assert_eq!((n, i, o), (5, 9000, 90));
         let mut csv = Vec::new();
         assert_eq!(s.store().export_samples(&mut csv).unwrap(), 5);
-        assert!(String::from_utf8(csv).unwrap().starts_with("eip,interval_start,bytes_in,bytes_out,host\n203.0.113.10,2026-10-31T16:00:00+00:00,1000,10,r1\n"));
+        assert!(String::from_utf8(csv).unwrap().starts_with("eip,interval_start,bytes_in,bytes_out,host,state\n203.0.113.10,2026-10-31T16:00:00+00:00,1000,10,r1,partial\n"));
     }
 
     #[test]

@@ -373,6 +373,86 @@ impl IpStats {
     }
 }
 
+/// TCX programs attached to `iface` in `ns`, per direction (ingress, egress).
+pub fn tcx_programs(ns: &Netns, iface: &str) -> Result<(usize, usize)> {
+    let iface = iface.to_owned();
+    ns.run(move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let count = |t| {
+            SchedClassifier::query_tcx(&iface, t)
+                .map(|(_, p)| p.len())
+                .map_err(|e| anyhow::anyhow!("query_tcx {iface}: {e}"))
+        };
+        Ok((count(TcAttachType::Ingress)?, count(TcAttachType::Egress)?))
+    })
+}
+
+/// Kernel ids of the TCX programs on `iface` in `ns` (both directions).
+pub fn tcx_program_ids(ns: &Netns, iface: &str) -> Result<Vec<u32>> {
+    let iface = iface.to_owned();
+    ns.run(move || {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let mut ids = Vec::new();
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, programs) = SchedClassifier::query_tcx(&iface, t)
+                .map_err(|e| anyhow::anyhow!("query_tcx {iface}: {e}"))?;
+            ids.extend(programs.iter().map(|p| p.id()));
+        }
+        Ok(ids)
+    })
+}
+
+/// Polls `done` every 5 ms until it holds or `timeout` passes; returns how long it took.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if done()? {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < timeout,
+            "{what}: not within {timeout:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One row of `eip-meter samples`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleRow {
+    pub eip: IpAddr,
+    /// UNIX seconds.
+    pub start: i64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub host: String,
+    /// `measured` or `partial`.
+    pub state: String,
+}
+
+/// Parses `eip-meter samples` CSV (`eip,interval_start,bytes_in,bytes_out,host,state`).
+pub fn parse_samples(csv: &str) -> Result<Vec<SampleRow>> {
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            ensure!(f.len() == 6, "unexpected samples row `{line}`");
+            Ok(SampleRow {
+                eip: f[0].parse()?,
+                start: chrono::DateTime::parse_from_rfc3339(f[1])?.timestamp(),
+                bytes_in: f[2].parse()?,
+                bytes_out: f[3].parse()?,
+                host: f[4].to_owned(),
+                state: f[5].to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// Counters as `eip-meter counters --json` prints them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -408,6 +488,8 @@ pub struct CounterSnapshot {
     pub eips: HashMap<IpAddr, Counts>,
     pub enforcement: HashMap<IpAddr, Enforcement>,
     pub non_eip: Counts,
+    /// Each uplink's row (`interface`, `state`, `detachments`, ...) as printed.
+    pub uplinks: Vec<serde_json::Value>,
 }
 
 impl CounterSnapshot {
@@ -453,11 +535,20 @@ impl CounterSnapshot {
             eips,
             enforcement,
             non_eip: counts(&v["non_eip"]),
+            uplinks: v["uplinks"].as_array().cloned().unwrap_or_default(),
         })
     }
 
     pub fn enforcement(&self, addr: IpAddr) -> Enforcement {
         self.enforcement.get(&addr).cloned().unwrap_or_default()
+    }
+
+    /// The printed state of uplink `name` (`attached`, `detached`, `missing`, `unknown`).
+    pub fn uplink_state(&self, name: &str) -> Option<String> {
+        self.uplinks
+            .iter()
+            .find(|u| u["interface"] == name)
+            .and_then(|u| u["state"].as_str().map(str::to_owned))
     }
 
     pub fn eip(&self, addr: IpAddr) -> Counts {
@@ -552,6 +643,20 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The JSON log lines whose message is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// `eip-meter samples` of this daemon's store, parsed.
+    pub fn samples(&self) -> Result<Vec<SampleRow>> {
+        parse_samples(&self.subcommand(&["samples"])?)
     }
 
     pub fn pid(&self) -> Option<u32> {

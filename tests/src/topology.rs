@@ -45,6 +45,7 @@ pub struct Topology {
     pub internet: Netns,
     pub router: Netns,
     pub tenant: Netns,
+    ipv6: bool,
 }
 
 impl Topology {
@@ -53,6 +54,7 @@ impl Topology {
             internet: Netns::new("i")?,
             router: Netns::new("r")?,
             tenant: Netns::new("t")?,
+            ipv6: options.ipv6,
         };
         for ns in [&topo.internet, &topo.router, &topo.tenant] {
             let off = if options.ipv6 { "0" } else { "1" };
@@ -64,47 +66,20 @@ impl Topology {
             ns.sysctl("net.ipv4.tcp_timestamps", "1")?;
         }
         // veth ends are created straight in their namespaces, so names never clash across tests.
-        veth_pair(&topo.router, UPLINK, &topo.internet, "inet0")?;
         veth_pair(&topo.router, "dn0", &topo.tenant, "ten0")?;
-        let i = &topo.internet;
         let r = &topo.router;
         let t = &topo.tenant;
-        i.ip(&["addr", "add", "192.0.2.2/24", "dev", "inet0"])?;
-        r.ip(&["addr", "add", "192.0.2.1/24", "dev", UPLINK])?;
         r.ip(&["addr", "add", "198.51.100.1/24", "dev", "dn0"])?;
         t.ip(&["addr", "add", "198.51.100.2/24", "dev", "ten0"])?;
-        if options.ipv6 {
-            i.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "inet0", "nodad"])?;
-            r.ip(&["addr", "add", "2001:db8:1::1/64", "dev", UPLINK, "nodad"])?;
-            r.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "dn0", "nodad"])?;
-            t.ip(&["addr", "add", "2001:db8:2::2/64", "dev", "ten0", "nodad"])?;
-        }
-        i.ip(&["link", "set", "inet0", "up"])?;
-        r.ip(&["link", "set", UPLINK, "up"])?;
         r.ip(&["link", "set", "dn0", "up"])?;
         t.ip(&["link", "set", "ten0", "up"])?;
         r.sysctl("net.ipv4.ip_forward", "1")?;
-        i.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1"])?;
         r.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.2"])?;
         t.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
         if options.ipv6 {
+            r.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "dn0", "nodad"])?;
+            t.ip(&["addr", "add", "2001:db8:2::2/64", "dev", "ten0", "nodad"])?;
             r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-            i.ip(&[
-                "-6",
-                "route",
-                "add",
-                "2001:db8:e1::/48",
-                "via",
-                "2001:db8:1::1",
-            ])?;
-            i.ip(&[
-                "-6",
-                "route",
-                "add",
-                "2001:db8:2::/64",
-                "via",
-                "2001:db8:1::1",
-            ])?;
             r.ip(&[
                 "-6",
                 "route",
@@ -114,28 +89,12 @@ impl Topology {
                 "2001:db8:2::2",
             ])?;
             t.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
-            // Static neighbours: no solicitations crossing the links while a test measures.
-            for (ns, dev, addr, peer_ns, peer_dev) in [
-                (i, "inet0", "2001:db8:1::1", r, UPLINK),
-                (r, UPLINK, "2001:db8:1::2", i, "inet0"),
+            static_neighbours(&[
                 (r, "dn0", "2001:db8:2::2", t, "ten0"),
                 (t, "ten0", "2001:db8:2::1", r, "dn0"),
-            ] {
-                let mac = peer_ns.mac(peer_dev)?;
-                ns.ip(&[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    addr,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ])?;
-            }
+            ])?;
         }
+        topo.connect_uplink("inet0")?;
         for addr in &options.tenant_addresses {
             let prefix = if addr.is_ipv4() { "32" } else { "128" };
             let cidr = format!("{addr}/{prefix}");
@@ -146,6 +105,46 @@ impl Topology {
             t.ip(&args)?;
         }
         Ok(topo)
+    }
+
+    /// Creates the uplink: `up0` in the router, `internet_if` in the Internet namespace, with
+    /// their addresses, the Internet's routes to the EIPs through it, and (IPv6) static
+    /// neighbours.
+    pub fn connect_uplink(&self, internet_if: &str) -> Result<()> {
+        let (i, r) = (&self.internet, &self.router);
+        veth_pair(r, UPLINK, i, internet_if)?;
+        i.ip(&["addr", "add", "192.0.2.2/24", "dev", internet_if])?;
+        r.ip(&["addr", "add", "192.0.2.1/24", "dev", UPLINK])?;
+        if self.ipv6 {
+            i.ip(&[
+                "addr",
+                "add",
+                "2001:db8:1::2/64",
+                "dev",
+                internet_if,
+                "nodad",
+            ])?;
+            r.ip(&["addr", "add", "2001:db8:1::1/64", "dev", UPLINK, "nodad"])?;
+        }
+        i.ip(&["link", "set", internet_if, "up"])?;
+        r.ip(&["link", "set", UPLINK, "up"])?;
+        i.ip(&["route", "add", "203.0.113.0/24", "via", "192.0.2.1"])?;
+        if self.ipv6 {
+            for net in ["2001:db8:e1::/48", "2001:db8:2::/64"] {
+                i.ip(&["-6", "route", "add", net, "via", "2001:db8:1::1"])?;
+            }
+            static_neighbours(&[
+                (i, internet_if, "2001:db8:1::1", r, UPLINK),
+                (r, UPLINK, "2001:db8:1::2", i, internet_if),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the uplink (its peer and every route through it go with it), as a bond
+    /// reconfiguration, a VF reset or a driver reload does.
+    pub fn delete_uplink(&self) -> Result<()> {
+        self.router.ip(&["link", "del", UPLINK]).map(drop)
     }
 
     /// A config for a daemon on this topology's uplink, with its own pin directory and sample
@@ -180,6 +179,27 @@ impl Topology {
             IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(INTERNET_V6), port),
         }
     }
+}
+
+/// Permanent neighbour entries `(namespace, device, address, peer namespace, peer device)`:
+/// no solicitations crossing the links while a test measures.
+fn static_neighbours(entries: &[(&Netns, &str, &str, &Netns, &str)]) -> Result<()> {
+    for (ns, dev, addr, peer_ns, peer_dev) in entries {
+        let mac = peer_ns.mac(peer_dev)?;
+        ns.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(())
 }
 
 /// A veth pair with one end in each namespace, created straight there so interface names never

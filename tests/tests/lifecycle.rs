@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use eip_meter_tests::{
     Daemon, UdpSink, mixed_sizes, require_root, send_udp,
     topology::{Topology, TopologyOptions, UPLINK, eip_v4},
@@ -15,12 +14,7 @@ fn binary() -> &'static Path {
 
 /// TCX programs attached to the uplink, per direction.
 fn attached(topo: &Topology) -> (usize, usize) {
-    topo.router
-        .run(|| {
-            let count = |t| SchedClassifier::query_tcx(UPLINK, t).map(|(_, p)| p.len());
-            Ok((count(TcAttachType::Ingress)?, count(TcAttachType::Egress)?))
-        })
-        .unwrap()
+    eip_meter_tests::tcx_programs(&topo.router, UPLINK).unwrap()
 }
 
 #[test]
@@ -141,7 +135,7 @@ fn netlink_attach_mode_counts_exactly_and_detaches() {
     let config = topo.config(&[eip], "attach_mode = \"netlink\"");
     let mut daemon = Daemon::start(binary(), &topo.router, &config, &[eip]).unwrap();
     assert!(
-        daemon.log().contains(r#""mode":"Netlink""#),
+        daemon.log().contains(r#""mode":"netlink""#),
         "{}",
         daemon.log()
     );

@@ -44,7 +44,7 @@ enum Task {
 }
 
 /// Debian packages the tests and the demo use.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iperf3", "iputils-ping", "procps"];
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iperf3", "iputils-ping", "procps", "bpftool"];
 
 /// bpf-linker release known to work with the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -7,6 +7,7 @@
 //! * [`calendar`]: days and months in the billing time zone, interval alignment.
 //! * [`series`]: the streaming per-EIP accumulators (bounded memory) that produce
 //!   [`series::DayFigures`] and [`series::MonthFigures`].
+//! * [`samples`]: counter readings -> interval samples (resets, outages spread).
 //! * [`replay`]: `eip-meter compute`: CSV samples in, JSON figures out.
 //!
 //! Units: bandwidth in bit/s (`_bps`) or Mbit/s = 10^6 bit/s (`_mbps`); bytes are IP-layer bytes.
@@ -14,6 +15,7 @@
 pub mod calendar;
 pub mod replay;
 pub mod rules;
+pub mod samples;
 pub mod series;
 pub mod topk;
 

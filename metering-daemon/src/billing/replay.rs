@@ -1,8 +1,9 @@
 //! Offline replay (`eip-meter compute`): raw samples in CSV, billing figures out as JSON, so an
 //! auditor can recompute every figure from the samples alone.
 //!
-//! Samples: `eip,interval_start,bytes_in,bytes_out[,host]` after a header line; `interval_start`
-//! is RFC 3339 with an offset. Rows of the same EIP and interval from different hosts (the two
+//! Samples: `eip,interval_start,bytes_in,bytes_out[,host[,state]]` after a header line;
+//! `interval_start` is RFC 3339 with an offset, `state` is `measured` (the default) or `partial`
+//! (an interval not wholly metered: a sum over hosts is partial if any of its rows is). Rows of the same EIP and interval from different hosts (the two
 //! routers of a dual-active pair) are summed before anything else; the same host twice is an
 //! error. Bandwidth history: `eip,effective_from,bandwidth_mbps`.
 //!
@@ -65,8 +66,12 @@ pub struct Report {
 struct Cell {
     inbound: u64,
     outbound: u64,
+    partial: bool,
     hosts: HashMap<String, u64>,
 }
+
+/// One interval of a series: `(start, inbound bytes, outbound bytes, partial)`.
+type Row = (i64, u64, u64, bool);
 
 /// Parses the samples, sums per interval over hosts, and computes every figure.
 pub fn compute(
@@ -102,13 +107,13 @@ pub fn compute_with_groups(
         return Err(errors);
     }
 
-    let mut by_eip: BTreeMap<IpAddr, Vec<(i64, u64, u64)>> = BTreeMap::new();
-    let mut by_group: BTreeMap<String, BTreeMap<i64, (u64, u64)>> = BTreeMap::new();
+    let mut by_eip: BTreeMap<IpAddr, Vec<Row>> = BTreeMap::new();
+    let mut by_group: BTreeMap<String, BTreeMap<i64, (u64, u64, bool)>> = BTreeMap::new();
     for ((eip, start), cell) in cells {
         by_eip
             .entry(eip)
             .or_default()
-            .push((start, cell.inbound, cell.outbound));
+            .push((start, cell.inbound, cell.outbound, cell.partial));
         if let Some(group) = groups.get(&eip) {
             let e = by_group
                 .entry(group.clone())
@@ -117,6 +122,7 @@ pub fn compute_with_groups(
                 .or_default();
             e.0 = e.0.saturating_add(cell.inbound);
             e.1 = e.1.saturating_add(cell.outbound);
+            e.2 |= cell.partial;
         }
     }
     let mut report = Report {
@@ -137,7 +143,10 @@ pub fn compute_with_groups(
     }
     for (group, rows) in by_group {
         let history = group_bandwidth.get(&group).cloned().unwrap_or_default();
-        let rows = rows.into_iter().map(|(t, (i, o))| (t, i, o)).collect();
+        let rows = rows
+            .into_iter()
+            .map(|(t, (i, o, p))| (t, i, o, p))
+            .collect();
         report
             .groups
             .insert(group, figures(rows, history, calendar, options));
@@ -147,19 +156,23 @@ pub fn compute_with_groups(
 
 /// Runs one sorted series of `(start, inbound, outbound)` through the streaming engine.
 fn figures(
-    rows: Vec<(i64, u64, u64)>,
+    rows: Vec<Row>,
     history: BandwidthHistory,
     calendar: Calendar,
     options: SeriesOptions,
 ) -> EipFigures {
     let mut series = Series::new(calendar, options, history);
-    for (start, inbound, outbound) in rows {
+    for (start, inbound, outbound, partial) in rows {
         series
             .push(Sample {
                 start,
                 inbound_bytes: inbound,
                 outbound_bytes: outbound,
-                state: SampleState::Measured,
+                state: if partial {
+                    SampleState::Partial
+                } else {
+                    SampleState::Measured
+                },
             })
             .expect("rows are aligned, unique and sorted");
     }
@@ -185,7 +198,7 @@ fn reader(r: impl Read) -> csv::Reader<impl Read> {
 
 fn parse_eip(s: &str) -> Result<IpAddr, String> {
     s.parse::<IpAddr>()
-        .map(crate::config::normalize)
+        .map(crate::addr::normalize)
         .map_err(|_| format!("`{s}` is not an IP address"))
 }
 
@@ -242,13 +255,21 @@ fn read_samples(
     let mut cells: BTreeMap<(IpAddr, i64), Cell> = BTreeMap::new();
     for_each_row(r, "samples", errors, |record, fail| {
         let line = record.position().map_or(0, |p| p.line());
-        if !(4..=5).contains(&record.len()) {
+        if !(4..=6).contains(&record.len()) {
             fail(format!(
-                "expected eip,interval_start,bytes_in,bytes_out[,host], got {} fields",
+                "expected eip,interval_start,bytes_in,bytes_out[,host[,state]], got {} fields",
                 record.len()
             ));
             return;
         }
+        let partial = match record.get(5).unwrap_or("") {
+            "" | "measured" => false,
+            "partial" => true,
+            other => {
+                fail(format!("state `{other}` is not `measured` or `partial`"));
+                return;
+            }
+        };
         let parsed = (
             parse_eip(&record[0]),
             parse_time(&record[1], "interval_start"),
@@ -277,6 +298,7 @@ fn read_samples(
         let cell = cells.entry((eip, start)).or_insert_with(|| Cell {
             inbound: 0,
             outbound: 0,
+            partial: false,
             hosts: HashMap::new(),
         });
         match cell.hosts.entry(host) {
@@ -296,6 +318,7 @@ fn read_samples(
                 v.insert(line);
                 cell.inbound = cell.inbound.saturating_add(inbound);
                 cell.outbound = cell.outbound.saturating_add(outbound);
+                cell.partial |= partial;
             }
         }
     });
@@ -449,7 +472,27 @@ mod tests {
             "{}",
             e[5]
         );
-        assert!(e[6].starts_with("samples line 9: expected eip,interval_start,bytes_in,bytes_out[,host], got 3 fields"), "{}", e[6]);
+        assert!(e[6].starts_with("samples line 9: expected eip,interval_start,bytes_in,bytes_out[,host[,state]], got 3 fields"), "{}", e[6]);
+    }
+
+    #[test]
+    fn a_partial_row_makes_the_summed_interval_partial() {
+        let csv = "eip,interval_start,bytes_in,bytes_out,host,state\n\
+                   203.0.113.1,2026-11-01T00:00:00+08:00,10,20,r1,measured\n\
+                   203.0.113.1,2026-11-01T00:00:00+08:00,5,5,r2,partial\n\
+                   203.0.113.1,2026-11-01T00:05:00+08:00,10,20,r1,measured\n\
+                   203.0.113.1,2026-11-01T00:05:00+08:00,5,5,r2\n";
+        let r = run(csv, None).unwrap();
+        let day = &r.eips["203.0.113.1"].days["2026-11-01"];
+        assert_eq!((day.measured_samples, day.partial_samples), (1, 1));
+        assert_eq!((day.inbound_bytes, day.outbound_bytes), (30, 50));
+        let e = errors(
+            "eip,interval_start,bytes_in,bytes_out,host,state\n203.0.113.1,2026-11-01T00:00:00+08:00,1,2,r1,guessed\n",
+        );
+        assert_eq!(
+            e,
+            vec!["samples line 2: state `guessed` is not `measured` or `partial`"]
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use metering_daemon::{
     },
     config::{DataplaneConfig, OnExit},
     dataplane::Dataplane,
-    sampler::Sampler,
+    sampling::Sampler,
     store::Store,
 };
 use serde_json::json;

@@ -1,125 +1,24 @@
-//! Turns cumulative kernel counters into interval samples, and samples into billing figures.
+//! The sampling round: every EIP's counters at an interval boundary become samples, feed each
+//! EIP's billing series, and are committed to the [`Store`] in one transaction.
 //!
-//! [`samples_since`] is the pure heart: counter deltas between two readings, with counter-reset
-//! detection and with one large delta after an outage spread over the intervals it covers (so
-//! bytes are conserved and no spike is invented). [`Sampler`] keeps one [`Series`] per EIP and
-//! commits every round to the [`Store`] in one transaction.
+//! [`Sampler`] keeps one [`Series`] per EIP; the deltas themselves come from the pure
+//! [`samples_since`].
 
 use std::{collections::HashMap, net::IpAddr};
 
 use metering_common::TrafficCounters;
-use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
 use crate::{
     billing::{
         SampleState,
         calendar::Calendar,
+        samples::{Snapshot, next_interval, samples_since},
         series::{BandwidthHistory, Closed, Sample, Series, SeriesOptions},
     },
     store,
     store::{RoundRecords, Store, StoreError},
 };
-
-/// The cumulative counters of one EIP at an instant.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// UNIX seconds: the interval boundary the reading was taken for.
-    pub at: i64,
-    pub inbound_bytes: u64,
-    pub outbound_bytes: u64,
-}
-
-impl Snapshot {
-    pub fn of(at: i64, c: &TrafficCounters) -> Self {
-        Self {
-            at,
-            inbound_bytes: c.inbound.bytes,
-            outbound_bytes: c.outbound.bytes,
-        }
-    }
-}
-
-/// Samples covering `(prev.at, now.at]` in whole intervals.
-///
-/// * No previous reading (a new EIP, counting from zero since `first_seen`): the bytes belong to
-///   the intervals from the one containing `first_seen` up to `now.at`; `Partial`.
-/// * A counter went backwards (maps recreated, host rebooted): the counts since the reset are the
-///   delta, `Partial`.
-/// * One interval: `Measured`. Several (the daemon was down while the kernel kept counting):
-///   the delta is spread evenly, the remainder on the last, all `Partial`.
-pub fn samples_since(
-    prev: Option<Snapshot>,
-    now: Snapshot,
-    first_seen: i64,
-    calendar: &Calendar,
-) -> Vec<Sample> {
-    let step = i64::from(calendar.interval());
-    if let Some(one) = prev.and_then(|p| next_interval(p, now, step)) {
-        return vec![one];
-    }
-    let (from, inbound, outbound, mut state) = match prev {
-        None => (
-            calendar.interval_start(first_seen),
-            now.inbound_bytes,
-            now.outbound_bytes,
-            SampleState::Partial,
-        ),
-        Some(p) if now.inbound_bytes < p.inbound_bytes || now.outbound_bytes < p.outbound_bytes => {
-            (
-                p.at,
-                now.inbound_bytes,
-                now.outbound_bytes,
-                SampleState::Partial,
-            )
-        }
-        Some(p) => (
-            p.at,
-            now.inbound_bytes - p.inbound_bytes,
-            now.outbound_bytes - p.outbound_bytes,
-            SampleState::Measured,
-        ),
-    };
-    if now.at <= from {
-        return Vec::new();
-    }
-    let count = ((now.at - from) / step).max(1) as u64;
-    if count > 1 {
-        state = SampleState::Partial;
-    }
-    (0..count)
-        .map(|i| {
-            let share = |total: u64| {
-                let base = total / count;
-                if i == count - 1 {
-                    total - base * (count - 1)
-                } else {
-                    base
-                }
-            };
-            Sample {
-                start: now.at - (count - i) as i64 * step,
-                inbound_bytes: share(inbound),
-                outbound_bytes: share(outbound),
-                state,
-            }
-        })
-        .collect()
-}
-
-/// The common case of [`samples_since`] without allocating: the next reading one interval
-/// after the last, with no counter reset, is one measured sample of the difference.
-fn next_interval(prev: Snapshot, now: Snapshot, step: i64) -> Option<Sample> {
-    (now.at - prev.at == step
-        && now.inbound_bytes >= prev.inbound_bytes
-        && now.outbound_bytes >= prev.outbound_bytes)
-        .then(|| Sample {
-            start: prev.at,
-            inbound_bytes: now.inbound_bytes - prev.inbound_bytes,
-            outbound_bytes: now.outbound_bytes - prev.outbound_bytes,
-            state: SampleState::Measured,
-        })
-}
 
 /// Whether `eip`'s series is due for its daily checkpoint in the round at `boundary`.
 fn checkpoint_turn(store_id: u32, boundary: i64, calendar: &Calendar) -> bool {
@@ -127,6 +26,16 @@ fn checkpoint_turn(store_id: u32, boundary: i64, calendar: &Calendar) -> bool {
     let round = (boundary / i64::from(calendar.interval())) as u64;
     // Store ids are dense and stable: the EIPs spread evenly over the day's rounds.
     u64::from(store_id) % per_day == round % per_day
+}
+
+/// Whether every uplink was metered for the whole of a round's interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Coverage {
+    #[default]
+    Complete,
+    /// Some uplink was without our programs for part of the interval: traffic may be missing,
+    /// so the round's samples are `partial`.
+    Incomplete,
 }
 
 /// What one round did.
@@ -220,6 +129,14 @@ impl Sampler {
         }
     }
 
+    /// The boundary of the last committed round (the newest counter snapshot), if any.
+    pub fn last_boundary(&self) -> Option<i64> {
+        self.states
+            .iter()
+            .filter_map(|s| s.snapshot.map(|p| p.at))
+            .max()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -245,6 +162,17 @@ impl Sampler {
         &mut self,
         boundary: i64,
         readings: &[(IpAddr, TrafficCounters)],
+    ) -> Result<RoundReport, StoreError> {
+        self.round_with(boundary, readings, Coverage::Complete)
+    }
+
+    /// [`Sampler::round`], saying whether the programs were on every uplink for the whole of
+    /// the interval ending at `boundary`: when not, every sample of the round is `partial`.
+    pub fn round_with(
+        &mut self,
+        boundary: i64,
+        readings: &[(IpAddr, TrafficCounters)],
+        coverage: Coverage,
     ) -> Result<RoundReport, StoreError> {
         let started = std::time::Instant::now();
         let mut samples_blob = Vec::with_capacity(readings.len() * store::SAMPLE_RECORD);
@@ -273,15 +201,19 @@ impl Sampler {
                 continue; // this boundary was already committed
             }
             let first_seen = st.first_seen.unwrap_or(boundary - 1);
-            let one = st.snapshot.and_then(|p| next_interval(p, now, step));
-            let many;
-            let new: &[Sample] = match &one {
-                Some(sample) => std::slice::from_ref(sample),
+            let mut one = st.snapshot.and_then(|p| next_interval(p, now, step));
+            let mut many;
+            let new: &mut [Sample] = match &mut one {
+                Some(sample) => std::slice::from_mut(sample),
                 None => {
                     many = samples_since(st.snapshot, now, first_seen, &calendar);
-                    &many
+                    &mut many
                 }
             };
+            if coverage == Coverage::Incomplete {
+                new.iter_mut().for_each(|s| s.state = SampleState::Partial);
+            }
+            let new: &[Sample] = new;
             let id = match st.store_id {
                 Some(id) => id,
                 None => {
@@ -462,12 +394,7 @@ impl Sampler {
             .filter(|s| s.store_id.is_some())
             .map(|s| (s.eip, &s.series))
             .collect();
-        let last = self
-            .states
-            .iter()
-            .filter_map(|s| s.snapshot.map(|p| p.at))
-            .max()
-            .unwrap_or(0);
+        let last = self.last_boundary().unwrap_or(0);
         let snapshot_blob = self.snapshot_blob(last);
         self.store.commit_round(RoundRecords {
             host: &self.host,
@@ -478,95 +405,5 @@ impl Sampler {
             closed: &[],
             checkpoints: &all,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T0: i64 = 1_793_462_400; // 2026-11-01T00:00:00+08:00
-
-    fn cal() -> Calendar {
-        Calendar::new("Asia/Shanghai", 300).unwrap()
-    }
-
-    fn snap(at: i64, i: u64, o: u64) -> Snapshot {
-        Snapshot {
-            at,
-            inbound_bytes: i,
-            outbound_bytes: o,
-        }
-    }
-
-    #[test]
-    fn one_interval_is_a_measured_delta() {
-        let s = samples_since(Some(snap(T0, 100, 50)), snap(T0 + 300, 250, 80), 0, &cal());
-        assert_eq!(s.len(), 1);
-        assert_eq!(
-            (
-                s[0].start,
-                s[0].inbound_bytes,
-                s[0].outbound_bytes,
-                s[0].state
-            ),
-            (T0, 150, 30, SampleState::Measured)
-        );
-    }
-
-    #[test]
-    fn unchanged_counter_is_a_zero_sample() {
-        let s = samples_since(Some(snap(T0, 100, 50)), snap(T0 + 300, 100, 50), 0, &cal());
-        assert_eq!(
-            (s[0].inbound_bytes, s[0].outbound_bytes, s[0].state),
-            (0, 0, SampleState::Measured)
-        );
-    }
-
-    #[test]
-    fn counter_reset_counts_from_zero_as_partial() {
-        let s = samples_since(
-            Some(snap(T0, 1_000_000, 50)),
-            snap(T0 + 300, 700, 20),
-            0,
-            &cal(),
-        );
-        assert_eq!(
-            (s[0].inbound_bytes, s[0].outbound_bytes, s[0].state),
-            (700, 20, SampleState::Partial)
-        );
-    }
-
-    #[test]
-    fn a_large_delta_after_an_outage_is_spread_and_conserved() {
-        // Down for 4 intervals while the kernel counted 1001 bytes in.
-        let s = samples_since(Some(snap(T0, 0, 0)), snap(T0 + 4 * 300, 1001, 8), 0, &cal());
-        assert_eq!(s.len(), 4);
-        assert_eq!(
-            s.iter().map(|x| x.start).collect::<Vec<_>>(),
-            vec![T0, T0 + 300, T0 + 600, T0 + 900]
-        );
-        assert_eq!(
-            s.iter().map(|x| x.inbound_bytes).collect::<Vec<_>>(),
-            vec![250, 250, 250, 251]
-        );
-        assert_eq!(s.iter().map(|x| x.outbound_bytes).sum::<u64>(), 8);
-        assert!(s.iter().all(|x| x.state == SampleState::Partial));
-    }
-
-    #[test]
-    fn a_new_eip_starts_partial_from_its_first_interval() {
-        // Added at 00:02; first round at 00:10: intervals 00:00 and 00:05.
-        let s = samples_since(None, snap(T0 + 600, 10, 4), T0 + 120, &cal());
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].start, T0);
-        assert_eq!(s.iter().map(|x| x.inbound_bytes).sum::<u64>(), 10);
-    }
-
-    #[test]
-    fn the_same_boundary_twice_gives_nothing() {
-        assert!(
-            samples_since(Some(snap(T0 + 300, 1, 1)), snap(T0 + 300, 5, 5), 0, &cal()).is_empty()
-        );
     }
 }

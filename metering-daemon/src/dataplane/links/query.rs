@@ -1,0 +1,114 @@
+//! What the kernel says about interfaces and the programs on them. Read-only.
+
+use std::{ffi::CStr, io};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::config::AttachMode;
+
+/// The index of the interface called `name` in this network namespace, if there is one.
+pub(super) fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// The current name of interface `ifindex`, if it still exists.
+pub(super) fn name_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write, NUL included.
+    let ret = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if ret.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Whether the program with id `program_id` is attached at `direction` of interface
+/// `name` (index `ifindex`), the way `mode` attaches.
+pub(super) fn is_attached(
+    mode: AttachMode,
+    name: &str,
+    ifindex: u32,
+    direction: TcAttachType,
+    program_id: u32,
+) -> io::Result<bool> {
+    match mode {
+        AttachMode::Netlink => {
+            Ok(bpf_filter_program_ids(ifindex, direction)?.contains(&program_id))
+        }
+        _ => {
+            let (_, programs) = SchedClassifier::query_tcx(name, direction)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            Ok(programs.iter().any(|p| p.id() == program_id))
+        }
+    }
+}
+
+/// Program ids of the `bpf` filters on the clsact hook `direction` of `ifindex`, from an
+/// `RTM_GETTFILTER` dump (what `tc filter show dev X ingress` prints). aya has no query for
+/// netlink-attached filters; netlink-packet-route parses the reply.
+fn bpf_filter_program_ids(ifindex: u32, direction: TcAttachType) -> io::Result<Vec<u32>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+
+    let mut message = TcMessage::default();
+    message.header.index = ifindex as i32;
+    message.header.parent = TcHandle {
+        major: 0xffff,
+        minor: match direction {
+            TcAttachType::Egress => TcHandle::MIN_EGRESS,
+            _ => TcHandle::MIN_INGRESS,
+        },
+    };
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+
+    let mut ids = Vec::new();
+    // A dump ends with NLMSG_DONE; bounded so a misbehaving socket cannot spin forever.
+    for _ in 0..10_000 {
+        let (data, _) = socket.recv_from_full()?;
+        let mut offset = 0;
+        while offset < data.len() {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::Done(_) => return Ok(ids),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(filter)) => {
+                    ids.extend(filter.attributes.iter().flat_map(|attr| {
+                        match attr {
+                            TcAttribute::Options(options) => options
+                                .iter()
+                                .filter_map(|o| match o {
+                                    TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                                    _ => None,
+                                })
+                                .collect(),
+                            _ => Vec::new(),
+                        }
+                    }));
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+    Err(io::Error::other("tc filter dump did not end"))
+}

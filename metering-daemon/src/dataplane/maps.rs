@@ -1,0 +1,328 @@
+//! The inventory in the kernel: publishing and withdrawing EIPs in an order that loses no
+//! packet, their policies and caps (own and shared), and reading every EIP's counters.
+
+use std::{collections::HashMap as StdHashMap, net::IpAddr};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use metering_common::{
+    BucketPairConfig, BucketPairState, DropCounters, EipKey, EipPolicy, MAP_BUCKET_CONFIG,
+    MAP_BUCKET_STATE, MAP_EIP_COUNTERS, MAP_EIP_DROPS, MAP_EIP_POLICY, MAP_EIP_SLOTS, NO_BUCKET,
+    POLICY_FLAG_ECN, TrafficCounters,
+};
+use tracing::{debug, info};
+
+use super::{
+    ApplyReport, Dataplane, DataplaneError,
+    batch::read_all_slots,
+    key_of, map_err,
+    pinned::{read_slot, read_slot_entries},
+};
+use crate::{
+    config::EipState,
+    policy::{Caps, DesiredPolicy, EipPlan},
+};
+
+/// Group name -> bucket pair index (after the slots' own pairs).
+#[derive(Debug)]
+pub(super) struct GroupBuckets {
+    by_name: StdHashMap<String, (u32, BucketPairConfig)>,
+    free: std::collections::VecDeque<u32>,
+}
+
+impl GroupBuckets {
+    pub(super) fn new(base: u32, capacity: u32) -> Self {
+        Self {
+            by_name: StdHashMap::new(),
+            free: (base..base + capacity).collect(),
+        }
+    }
+}
+
+impl Dataplane {
+    /// Makes the kernel's EIP set equal to `desired`, all metered and uncapped.
+    pub fn apply_inventory(&mut self, desired: &[IpAddr]) -> Result<ApplyReport, DataplaneError> {
+        self.apply(&DesiredPolicy {
+            eips: desired
+                .iter()
+                .map(|&a| {
+                    (
+                        a,
+                        EipPlan {
+                            state: EipState::Active,
+                            caps: Caps::None,
+                        },
+                    )
+                })
+                .collect(),
+            ..DesiredPolicy::default()
+        })
+    }
+
+    /// Makes the kernel hold `desired`: groups' caps first (so an EIP never points at a bucket
+    /// that is not set up), then removals (freeing slots), changed policies, additions, and last
+    /// the groups nobody uses any more. An EIP that is in both and did not change is not
+    /// touched, so its counting and policing never pause.
+    pub fn apply(&mut self, desired: &DesiredPolicy) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+        for (name, pair) in &desired.groups {
+            match self.groups.by_name.get(name) {
+                Some((_, written)) if written == pair => {}
+                Some(&(index, _)) => {
+                    self.write_bucket(index, pair)?;
+                    self.groups.by_name.insert(name.clone(), (index, *pair));
+                }
+                None => {
+                    let index = self
+                        .groups
+                        .free
+                        .pop_front()
+                        .ok_or(DataplaneError::GroupsFull {
+                            capacity: self.config.group_capacity,
+                        })?;
+                    self.reset_bucket_state(index)?;
+                    self.write_bucket(index, pair)?;
+                    self.groups.by_name.insert(name.clone(), (index, *pair));
+                    report.groups_added += 1;
+                }
+            }
+        }
+
+        let addrs: Vec<IpAddr> = desired.eips.iter().map(|(a, _)| *a).collect();
+        let plan = self.slots.plan(&addrs);
+        for addr in plan.remove {
+            let (last, drops) = self.remove_eip(addr)?;
+            report.removed.push((addr, last, drops));
+        }
+        let adding: std::collections::HashSet<IpAddr> = plan.add.iter().copied().collect();
+        for (addr, eip_plan) in &desired.eips {
+            if adding.contains(addr) {
+                self.add_eip(*addr, eip_plan, desired.ecn)?;
+                report.added += 1;
+            } else if let Some(slot) = self.slots.slot(addr) {
+                let wanted = self.kernel_policy(slot, eip_plan, desired.ecn);
+                if self.written.get(addr) != Some(&wanted) {
+                    self.write_policy(*addr, slot, wanted)?;
+                    report.changed += 1;
+                }
+            }
+        }
+
+        let wanted: std::collections::HashSet<&str> =
+            desired.groups.iter().map(|(n, _)| n.as_str()).collect();
+        let stale: Vec<String> = self
+            .groups
+            .by_name
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in stale {
+            if let Some((index, _)) = self.groups.by_name.remove(&name) {
+                self.write_bucket(index, &BucketPairConfig::default())?;
+                self.groups.free.push_back(index);
+                report.groups_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The policy entry and own bucket pair that express `plan` for the EIP in `slot`.
+    fn kernel_policy(
+        &self,
+        slot: u32,
+        plan: &EipPlan,
+        ecn: bool,
+    ) -> (EipPolicy, Option<BucketPairConfig>) {
+        let (bucket, own) = match &plan.caps {
+            Caps::None => (NO_BUCKET, None),
+            Caps::Own(pair) => (slot, Some(*pair)),
+            Caps::Group(name) => (
+                self.groups
+                    .by_name
+                    .get(name)
+                    .map_or(NO_BUCKET, |(index, _)| *index),
+                None,
+            ),
+        };
+        let policy = EipPolicy {
+            state: plan.state.code(),
+            bucket,
+            flags: if ecn { POLICY_FLAG_ECN } else { 0 },
+            _pad: 0,
+        };
+        (policy, own)
+    }
+
+    /// Writes an EIP's own bucket (if any) before the policy that points at it.
+    fn write_policy(
+        &mut self,
+        addr: IpAddr,
+        slot: u32,
+        (policy, own): (EipPolicy, Option<BucketPairConfig>),
+    ) -> Result<(), DataplaneError> {
+        if let Some(pair) = &own {
+            self.write_bucket(slot, pair)?;
+        }
+        let mut map = self.array_mut::<EipPolicy>(MAP_EIP_POLICY)?;
+        map.set(slot, policy, 0)
+            .map_err(map_err(MAP_EIP_POLICY, "write policy"))?;
+        self.written.insert(addr, (policy, own));
+        Ok(())
+    }
+
+    fn write_bucket(&mut self, index: u32, pair: &BucketPairConfig) -> Result<(), DataplaneError> {
+        self.array_mut::<BucketPairConfig>(MAP_BUCKET_CONFIG)?
+            .set(index, *pair, 0)
+            .map_err(map_err(MAP_BUCKET_CONFIG, "write caps"))
+    }
+
+    /// A full bucket: the programs treat any `tat` in the past as "no backlog".
+    fn reset_bucket_state(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.array_mut::<BucketPairState>(MAP_BUCKET_STATE)?
+            .set(index, BucketPairState::default(), 0)
+            .map_err(map_err(MAP_BUCKET_STATE, "reset bucket"))
+    }
+
+    fn array_mut<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<aya::maps::Array<&mut MapData, V>, DataplaneError> {
+        let map = self.ebpf.map_mut(name).expect("map is in the object");
+        aya::maps::Array::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    fn array<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<aya::maps::Array<&MapData, V>, DataplaneError> {
+        let map = self.ebpf.map(name).expect("map is in the object");
+        aya::maps::Array::try_from(map).map_err(map_err(name, "open"))
+    }
+
+    /// Publishes `addr` to the kernel. Its counters, drops, bucket and policy are written
+    /// *before* the hash entry exists, so the first packet that finds the entry counts from zero
+    /// under the right policy and none is lost.
+    pub fn add_eip(
+        &mut self,
+        addr: IpAddr,
+        plan: &EipPlan,
+        ecn: bool,
+    ) -> Result<u32, DataplaneError> {
+        let assignment = self.slots.assign(addr)?;
+        let result = self.publish(addr, assignment.slot, assignment.needs_zeroing, plan, ecn);
+        if result.is_err() {
+            self.slots.release(&addr);
+            self.written.remove(&addr);
+        }
+        result.map(|()| assignment.slot)
+    }
+
+    fn publish(
+        &mut self,
+        addr: IpAddr,
+        slot: u32,
+        zero: bool,
+        plan: &EipPlan,
+        ecn: bool,
+    ) -> Result<(), DataplaneError> {
+        if zero {
+            let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); self.nr_cpus])
+                .map_err(DataplaneError::Cpus)?;
+            let mut counters = self.counters_map_mut()?;
+            counters
+                .set(slot, zeros, 0)
+                .map_err(map_err(MAP_EIP_COUNTERS, "zero slot"))?;
+            self.array_mut::<DropCounters>(MAP_EIP_DROPS)?
+                .set(slot, DropCounters::default(), 0)
+                .map_err(map_err(MAP_EIP_DROPS, "zero slot"))?;
+            self.reset_bucket_state(slot)?;
+        }
+        let wanted = self.kernel_policy(slot, plan, ecn);
+        self.write_policy(addr, slot, wanted)?;
+        let mut slots = self.slot_map_mut()?;
+        const BPF_NOEXIST: u64 = 1;
+        slots
+            .insert(key_of(addr), slot, BPF_NOEXIST)
+            .map_err(map_err(MAP_EIP_SLOTS, "insert EIP"))
+    }
+
+    /// Withdraws `addr` from the kernel and returns its final counters and drops. The slot is
+    /// freed to the back of the reuse queue, so stragglers that looked it up just before can
+    /// still land.
+    pub fn remove_eip(
+        &mut self,
+        addr: IpAddr,
+    ) -> Result<(TrafficCounters, DropCounters), DataplaneError> {
+        let Some(slot) = self.slots.slot(&addr) else {
+            return Ok(Default::default());
+        };
+        self.slot_map_mut()?
+            .remove(&key_of(addr))
+            .map_err(map_err(MAP_EIP_SLOTS, "remove EIP"))?;
+        self.slots.release(&addr);
+        self.written.remove(&addr);
+        let last = read_slot(&self.counters_map()?, slot)?;
+        let drops = self
+            .array::<DropCounters>(MAP_EIP_DROPS)?
+            .get(&slot, 0)
+            .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
+        info!(%addr, slot, inbound_bytes = last.inbound.bytes, outbound_bytes = last.outbound.bytes, "EIP removed");
+        Ok((last, drops))
+    }
+
+    /// Current counters of every provisioned EIP, read in batches (one syscall per
+    /// [`BATCH_SLOTS`] slots) where the kernel supports it.
+    pub fn read_counters(&self) -> Result<Vec<(IpAddr, TrafficCounters)>, DataplaneError> {
+        let Some(Map::PerCpuArray(data)) = self.ebpf.map(MAP_EIP_COUNTERS) else {
+            unreachable!("EIP_COUNTERS is a per-CPU array");
+        };
+        match read_all_slots(data, self.config.capacity, self.nr_cpus) {
+            Ok(all) => Ok(self
+                .slots
+                .iter()
+                .map(|(addr, slot)| (addr, all[slot as usize]))
+                .collect()),
+            Err(e) => {
+                debug!(error = %e, "batch lookup unavailable; reading slot by slot");
+                let counters = self.counters_map()?;
+                self.slots
+                    .iter()
+                    .map(|(addr, slot)| Ok((addr, read_slot(&counters, slot)?)))
+                    .collect()
+            }
+        }
+    }
+
+    pub(super) fn read_slot_map(&self) -> Result<Vec<(IpAddr, u32)>, DataplaneError> {
+        let map = self.ebpf.map(MAP_EIP_SLOTS).expect("map is in the object");
+        let map =
+            HashMap::<_, EipKey, u32>::try_from(map).map_err(map_err(MAP_EIP_SLOTS, "open"))?;
+        read_slot_entries(&map)
+    }
+
+    fn slot_map_mut(&mut self) -> Result<HashMap<&mut MapData, EipKey, u32>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_EIP_SLOTS)
+            .expect("map is in the object");
+        HashMap::try_from(map).map_err(map_err(MAP_EIP_SLOTS, "open"))
+    }
+
+    fn counters_map(&self) -> Result<PerCpuArray<&MapData, TrafficCounters>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_EIP_COUNTERS)
+            .expect("map is in the object");
+        PerCpuArray::try_from(map).map_err(map_err(MAP_EIP_COUNTERS, "open"))
+    }
+
+    fn counters_map_mut(
+        &mut self,
+    ) -> Result<PerCpuArray<&mut MapData, TrafficCounters>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_EIP_COUNTERS)
+            .expect("map is in the object");
+        PerCpuArray::try_from(map).map_err(map_err(MAP_EIP_COUNTERS, "open"))
+    }
+}
