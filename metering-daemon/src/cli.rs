@@ -17,8 +17,8 @@ use crate::{
     config::{AnyInterface, Config, ConfigError, CurrentNetns, EipState, HostCheck},
     dataplane::PinnedMaps,
     edit::{self, Change, EditError, EipChanges, GroupChanges},
+    exposition::counters::CounterReport,
     policy::{self, Caps},
-    report::CounterReport,
 };
 
 /// Meter the traffic of cloud Elastic IPs with eBPF.
@@ -412,8 +412,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// The uplinks as the running daemon last checked them, or `unknown` when no daemon is
 /// running (its status file is gone, or its process is).
-fn uplink_rows(config: &Config) -> (Vec<crate::report::UplinkRow>, Option<i64>) {
-    use crate::report::UplinkRow;
+fn uplink_rows(config: &Config) -> (Vec<crate::exposition::counters::UplinkRow>, Option<i64>) {
+    use crate::exposition::counters::UplinkRow;
     let path = crate::daemon::uplinks_file(&config.sampler.state_dir);
     let file: Option<crate::daemon::UplinkFile> = std::fs::read(&path)
         .ok()
@@ -586,13 +586,15 @@ async fn run_with_signals(path: PathBuf, initial: Config) -> anyhow::Result<()> 
         while hangup.recv().await.is_some() {
             info!(config = %path.display(), "SIGHUP: reloading");
             // Uplinks are fixed until a restart, and may be missing for a while: not checked.
-            match load_config(&path, &AnyInterface) {
-                Ok(c) => {
-                    if reload_tx.send(c).await.is_err() {
-                        break;
-                    }
+            let reload = match load_config(&path, &AnyInterface) {
+                Ok(c) => crate::daemon::Reload::Apply(Box::new(c)),
+                Err(e) => {
+                    error!(error = %e, "reload rejected; keeping the running inventory");
+                    crate::daemon::Reload::Rejected
                 }
-                Err(e) => error!(error = %e, "reload rejected; keeping the running inventory"),
+            };
+            if reload_tx.send(reload).await.is_err() {
+                break;
             }
         }
     };

@@ -4,7 +4,7 @@
 //!
 //! * [`cli`]: the `eip-meter` command line (the only place with `anyhow`).
 //! * [`daemon`]: the long-running loop ([`daemon::run`]) that wires the stages together.
-//! * [`report`]: counter tables and JSON.
+//! * [`exposition`]: `/metrics`, counter tables, reports and charts.
 //! * [`sampling`]: interval samples from the counters, committed each round; metering gaps.
 //! * [`dataplane`]: everything that touches the kernel (eBPF load, pins, links, maps, netlink).
 //! * [`store`]: the local crash-safe sample store.
@@ -19,8 +19,8 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod edit;
+pub mod exposition;
 pub mod policy;
-pub mod report;
 pub mod sampling;
 pub mod slots;
 pub mod store;

@@ -196,6 +196,13 @@ struct MonthState {
     daily_bandwidths_mbps: Vec<u64>,
 }
 
+/// The open day's and month's figures so far ([`Series::open_figures`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpenFigures {
+    pub day: Option<(NaiveDate, DayFigures)>,
+    pub month: Option<(Month, MonthFigures)>,
+}
+
 /// Days and months whose figures are final.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Closed {
@@ -346,21 +353,26 @@ impl Series {
 
     fn close_day(&mut self) {
         let Some(day) = self.day.take() else { return };
-        let n = day.tally.present();
-        if n == 0 {
+        let Some(figures) = self.day_figures(&day) else {
             return; // only missing intervals: counted in the month, no daily figures
-        }
-        let cal = self.cal();
-        let (start, end) = cal.day_bounds(day.date);
-        let peak_bps = day.top5.min_kept().expect("a day with samples has a peak");
-        let peak_mbps = rules::mbps_floor(peak_bps);
-        let bandwidth = self.bandwidth.largest_in(start, end);
+        };
         let month = self.month.as_mut().expect("a day lies in a month");
-        month.daily_peaks_mbps.push(peak_mbps);
-        if let Some(bw) = bandwidth {
+        month.daily_peaks_mbps.push(figures.enhanced_peak_mbps);
+        if let Some(bw) = figures.max_bandwidth_mbps {
             month.daily_bandwidths_mbps.push(bw);
         }
-        let figures = DayFigures {
+        self.closed_days.push((day.date, figures));
+    }
+
+    /// The figures of `day` as they stand (None: no sample in it).
+    fn day_figures(&self, day: &DayState) -> Option<DayFigures> {
+        let n = day.tally.present();
+        if n == 0 {
+            return None;
+        }
+        let cal = self.cal();
+        let peak_bps = day.top5.min_kept().expect("a day with samples has a peak");
+        Some(DayFigures {
             samples: n,
             measured_samples: day.tally.measured,
             partial_samples: day.tally.partial,
@@ -368,35 +380,56 @@ impl Series {
             inbound_bytes: day.tally.inbound_bytes,
             outbound_bytes: day.tally.outbound_bytes,
             outbound_gb: gb(day.tally.outbound_bytes, self.options.gb_unit),
-            enhanced_peak_mbps: peak_mbps,
+            enhanced_peak_mbps: rules::mbps_floor(peak_bps),
             enhanced_peak_bps: peak_bps,
             p95_bps: day
                 .top_p95
                 .nth_largest(rules::discarded(n as usize) + 1)
                 .expect("top-k sized for the longest day"),
             in_use_seconds: u64::from(n) * u64::from(cal.interval()),
-            max_bandwidth_mbps: bandwidth,
-        };
-        self.closed_days.push((day.date, figures));
+            max_bandwidth_mbps: self.bandwidth.largest_in(day.start, day.end),
+        })
     }
 
     fn close_month(&mut self) {
         let Some(month) = self.month.take() else {
             return;
         };
+        let Some(figures) = self.month_figures(&month, None) else {
+            return;
+        };
+        self.closed_months.push((month.month, figures));
+        // The history before this month can no longer change a figure.
+        let (_, end) = self.cal().month_bounds(month.month);
+        self.bandwidth.prune_before(end);
+    }
+
+    /// The figures of `month` as they stand, counting `open_day` (the day not closed yet) as
+    /// if it ended now. None: no sample in it.
+    fn month_figures(
+        &self,
+        month: &MonthState,
+        open_day: Option<&DayFigures>,
+    ) -> Option<MonthFigures> {
         let n = month.tally.present();
         if n == 0 {
-            return;
+            return None;
         }
         let cal = self.cal();
-        let average = rules::enhanced_average_peak_mbps(&month.daily_peaks_mbps);
-        let baseline = rules::monthly_baseline_mbps(&month.daily_bandwidths_mbps);
-        let figures = MonthFigures {
+        let mut peaks = month.daily_peaks_mbps.clone();
+        let mut bandwidths = month.daily_bandwidths_mbps.clone();
+        if let Some(day) = open_day {
+            peaks.push(day.enhanced_peak_mbps);
+            bandwidths.extend(day.max_bandwidth_mbps);
+        }
+        let average = rules::enhanced_average_peak_mbps(&peaks);
+        let baseline = rules::monthly_baseline_mbps(&bandwidths);
+        Some(MonthFigures {
             samples: n,
             measured_samples: month.tally.measured,
             partial_samples: month.tally.partial,
             missing_samples: month.tally.missing,
-            days: month.daily_peaks_mbps.len() as u32,
+            days: peaks.len() as u32,
             inbound_bytes: month.tally.inbound_bytes,
             outbound_bytes: month.tally.outbound_bytes,
             outbound_gb: gb(month.tally.outbound_bytes, self.options.gb_unit),
@@ -410,11 +443,21 @@ impl Series {
             baseline_mbps: baseline,
             billed_peak_mbps: baseline
                 .map(|_| rules::billed_peak_mbps(average, baseline).unwrap_or(0)),
-        };
-        self.closed_months.push((month.month, figures));
-        // The history before this month can no longer change a figure.
-        let (_, end) = cal.month_bounds(month.month);
-        self.bandwidth.prune_before(end);
+        })
+    }
+
+    /// The open day's and month's figures so far, as if both closed now (what a scrape or a
+    /// report shows before the day is over). Nothing is closed or changed.
+    pub fn open_figures(&self) -> OpenFigures {
+        let day = self.day.as_ref().and_then(|d| self.day_figures(d));
+        let month = self
+            .month
+            .as_ref()
+            .and_then(|m| self.month_figures(m, day.as_ref()));
+        OpenFigures {
+            day: self.day.as_ref().zip(day).map(|(d, f)| (d.date, f)),
+            month: self.month.as_ref().zip(month).map(|(m, f)| (m.month, f)),
+        }
     }
 
     /// Closes the open day and month (end of input, or the EIP was deleted).
@@ -789,6 +832,24 @@ mod tests {
                 let (avg, p95, n, ndays) = naive_months[m];
                 prop_assert_eq!((f.enhanced_avg_peak_mbps, f.p95_bps, u64::from(f.samples), f.days), (avg, p95, n, ndays), "month {}", m);
             }
+        }
+
+        /// What a scrape shows mid-series is exactly what closing there would give.
+        #[test]
+        fn open_figures_equal_closing_now((interval, samples) in series_strategy(), cut in 0usize..400) {
+            let cal = Calendar::new("Asia/Shanghai", interval).unwrap();
+            let history = BandwidthHistory::new(vec![(0, 100), (T0 + 3_600, 300)]);
+            let mut s = Series::new(cal, SeriesOptions::default(), history);
+            for x in samples.iter().take(cut) {
+                s.push(*x).unwrap();
+            }
+            s.take_closed();
+            let open = s.open_figures();
+            let mut closed = s.clone();
+            closed.close();
+            let Closed { days, months } = closed.take_closed();
+            prop_assert_eq!(open.day, days.last().cloned());
+            prop_assert_eq!(open.month, months.last().cloned());
         }
     }
 

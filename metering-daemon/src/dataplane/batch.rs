@@ -1,9 +1,29 @@
-//! Reading every slot of the per-CPU counter array in a few syscalls.
+//! Reading every slot of an array map (the per-CPU counters, the drop counters) in a few
+//! syscalls.
 
 use std::io;
 
 use aya::maps::MapData;
-use metering_common::TrafficCounters;
+use metering_common::{DropCounters, TrafficCounters};
+
+/// A value an array map holds per slot, and how its copies (one per CPU in a per-CPU map)
+/// add up.
+pub(super) trait SlotValue: aya::Pod + Default + Send {
+    fn combine(self, other: Self) -> Self;
+}
+
+impl SlotValue for TrafficCounters {
+    fn combine(self, other: Self) -> Self {
+        self.plus(other)
+    }
+}
+
+impl SlotValue for DropCounters {
+    /// A shared (not per-CPU) array has one copy.
+    fn combine(self, other: Self) -> Self {
+        other
+    }
+}
 
 /// Slots read per `BPF_MAP_LOOKUP_BATCH` call.
 pub const BATCH_SLOTS: u32 = 65_536;
@@ -24,18 +44,18 @@ struct BatchAttr {
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Every slot of a per-CPU counter array, summed over CPUs, with `BPF_MAP_LOOKUP_BATCH`
-/// (kernel >= 5.6): 1,000,000 slots in ~16 syscalls instead of 1,000,000. aya 0.14 has no
-/// wrapper for batch operations, hence the raw syscall. Large maps are read in one slice per
-/// core at once: the copy out of the kernel is most of a round's read.
-pub(super) fn read_all_slots(
+/// Every slot of an array map, its copies combined (`copies`: CPUs for a per-CPU map, else 1),
+/// with `BPF_MAP_LOOKUP_BATCH` (kernel >= 5.6): 1,000,000 slots in ~16 syscalls instead of
+/// 1,000,000. aya 0.14 has no wrapper for batch operations, hence the raw syscall. Large maps
+/// are read in one slice per core at once: the copy out of the kernel is most of a round's read.
+pub(super) fn read_all_slots<T: SlotValue>(
     map: &MapData,
     capacity: u32,
-    nr_cpus: usize,
-) -> io::Result<Vec<TrafficCounters>> {
+    copies: usize,
+) -> io::Result<Vec<T>> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut out = vec![TrafficCounters::default(); capacity as usize];
+    let mut out = vec![T::default(); capacity as usize];
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
@@ -48,7 +68,7 @@ pub(super) fn read_all_slots(
             .enumerate()
             .map(|(i, part)| {
                 let first = (i * chunk) as u32;
-                scope.spawn(move || read_slot_range(fd, first, part, nr_cpus))
+                scope.spawn(move || read_slot_range(fd, first, part, copies))
             })
             .collect();
         readers
@@ -58,16 +78,18 @@ pub(super) fn read_all_slots(
     Ok(out)
 }
 
-/// Reads slots `first..first + out.len()` into `out`, summed over CPUs.
-fn read_slot_range(
+/// Reads slots `first..first + out.len()` into `out`, each slot's `copies` combined.
+fn read_slot_range<T: SlotValue>(
     fd: std::os::fd::RawFd,
     first: u32,
-    out: &mut [TrafficCounters],
-    nr_cpus: usize,
+    out: &mut [T],
+    copies: usize,
 ) -> io::Result<()> {
-    const VALUE: usize = std::mem::size_of::<TrafficCounters>(); // a multiple of 8: no padding
+    // The kernel pads per-CPU values to 8 bytes; both value types are multiples of 8.
+    let value = std::mem::size_of::<T>();
+    debug_assert_eq!(value % 8, 0);
     let mut keys = vec![0u32; BATCH_SLOTS as usize];
-    let mut values = vec![0u8; BATCH_SLOTS as usize * nr_cpus * VALUE];
+    let mut values = vec![0u8; BATCH_SLOTS as usize * copies * value];
     // The batch continues after `token_in` (the last key read); none means from slot 0.
     let mut token_in = first.checked_sub(1);
     let mut token_out = 0u32;
@@ -102,13 +124,13 @@ fn read_slot_range(
             false
         };
         for (i, &slot) in keys.iter().take(attr.count as usize).enumerate() {
-            let base = i * nr_cpus * VALUE;
-            let sum = (0..nr_cpus).fold(TrafficCounters::default(), |acc, cpu| {
-                // SAFETY: in bounds (i < count <= BATCH_SLOTS); TrafficCounters is plain u64s.
-                let v: TrafficCounters = unsafe {
-                    std::ptr::read_unaligned(values.as_ptr().add(base + cpu * VALUE).cast())
+            let base = i * copies * value;
+            let sum = (0..copies).fold(T::default(), |acc, cpu| {
+                // SAFETY: in bounds (i < count <= BATCH_SLOTS); T is Pod (plain integers).
+                let v: T = unsafe {
+                    std::ptr::read_unaligned(values.as_ptr().add(base + cpu * value).cast())
                 };
-                acc.plus(v)
+                acc.combine(v)
             });
             if let Some(o) = (slot as usize)
                 .checked_sub(first as usize)

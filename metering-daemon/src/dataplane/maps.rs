@@ -6,8 +6,8 @@ use std::{collections::HashMap as StdHashMap, net::IpAddr};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use metering_common::{
     BucketPairConfig, BucketPairState, DropCounters, EipKey, EipPolicy, MAP_BUCKET_CONFIG,
-    MAP_BUCKET_STATE, MAP_EIP_COUNTERS, MAP_EIP_DROPS, MAP_EIP_POLICY, MAP_EIP_SLOTS, NO_BUCKET,
-    POLICY_FLAG_ECN, TrafficCounters,
+    MAP_BUCKET_STATE, MAP_EIP_COUNTERS, MAP_EIP_DROPS, MAP_EIP_POLICY, MAP_EIP_SLOTS,
+    MAP_NON_EIP_COUNTERS, NO_BUCKET, POLICY_FLAG_ECN, TrafficCounters,
 };
 use tracing::{debug, info};
 
@@ -271,12 +271,12 @@ impl Dataplane {
     }
 
     /// Current counters of every provisioned EIP, read in batches (one syscall per
-    /// [`BATCH_SLOTS`] slots) where the kernel supports it.
+    /// [`super::BATCH_SLOTS`] slots) where the kernel supports it.
     pub fn read_counters(&self) -> Result<Vec<(IpAddr, TrafficCounters)>, DataplaneError> {
         let Some(Map::PerCpuArray(data)) = self.ebpf.map(MAP_EIP_COUNTERS) else {
             unreachable!("EIP_COUNTERS is a per-CPU array");
         };
-        match read_all_slots(data, self.config.capacity, self.nr_cpus) {
+        match read_all_slots::<TrafficCounters>(data, self.config.capacity, self.nr_cpus) {
             Ok(all) => Ok(self
                 .slots
                 .iter()
@@ -291,6 +291,48 @@ impl Dataplane {
                     .collect()
             }
         }
+    }
+
+    /// Every provisioned EIP's drop and ECN-mark counters, in the order of
+    /// [`Dataplane::read_counters`] (slot order).
+    pub fn read_drops(&self) -> Result<Vec<DropCounters>, DataplaneError> {
+        let Some(Map::Array(data)) = self.ebpf.map(MAP_EIP_DROPS) else {
+            unreachable!("EIP_DROPS is an array");
+        };
+        match read_all_slots::<DropCounters>(data, self.config.capacity, 1) {
+            Ok(all) => Ok(self
+                .slots
+                .iter()
+                .map(|(_, slot)| all[slot as usize])
+                .collect()),
+            Err(e) => {
+                debug!(error = %e, "batch lookup unavailable; reading slot by slot");
+                let drops = self.array::<DropCounters>(MAP_EIP_DROPS)?;
+                self.slots
+                    .iter()
+                    .map(|(_, slot)| {
+                        drops
+                            .get(&slot, 0)
+                            .map_err(map_err(MAP_EIP_DROPS, "read slot"))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Traffic to and from addresses that are no EIP.
+    pub fn read_non_eip(&self) -> Result<TrafficCounters, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_NON_EIP_COUNTERS)
+            .expect("map is in the object");
+        let map = PerCpuArray::try_from(map).map_err(map_err(MAP_NON_EIP_COUNTERS, "open"))?;
+        read_slot(&map, 0)
+    }
+
+    /// Shared-bandwidth buckets in use and their capacity.
+    pub fn group_slots(&self) -> (usize, u32) {
+        (self.groups.by_name.len(), self.config.group_capacity)
     }
 
     pub(super) fn read_slot_map(&self) -> Result<Vec<(IpAddr, u32)>, DataplaneError> {

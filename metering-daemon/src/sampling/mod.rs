@@ -3,10 +3,13 @@
 //! metered for part of the interval.
 //!
 //! * [`round`]: the per-round orchestration ([`Sampler`]).
+//! * [`groups`]: shared bandwidths' series from their members' samples summed per interval.
 //! * [`coverage`]: the metering gaps of the uplinks, and which intervals they touched (pure).
 
 pub mod coverage;
+pub mod groups;
 pub mod round;
 
 pub use coverage::Gaps;
-pub use round::{Coverage, RoundReport, Sampler};
+pub use groups::{GroupView, Groups};
+pub use round::{Coverage, EipView, RoundReport, Sampler};

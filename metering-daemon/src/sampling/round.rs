@@ -9,9 +9,10 @@ use std::{collections::HashMap, net::IpAddr};
 use metering_common::TrafficCounters;
 use tracing::{error, info};
 
+use super::groups::Groups;
 use crate::{
     billing::{
-        SampleState,
+        SampleState, average_bps,
         calendar::Calendar,
         samples::{Snapshot, next_interval, samples_since},
         series::{BandwidthHistory, Closed, Sample, Series, SeriesOptions},
@@ -38,10 +39,22 @@ pub enum Coverage {
     Incomplete,
 }
 
+/// One EIP as the sampler holds it ([`Sampler::eips`]).
+pub struct EipView<'a> {
+    pub eip: IpAddr,
+    pub series: &'a Series,
+    /// Average inbound and outbound bit/s of its newest sample.
+    pub rates_bps: [u64; 2],
+}
+
 /// What one round did.
 #[derive(Debug, Default, PartialEq)]
 pub struct RoundReport {
     pub samples: usize,
+    /// Of `samples`, those not measured over their whole interval.
+    pub partial_samples: usize,
+    /// EIPs whose counters went backwards (maps recreated, host rebooted).
+    pub counter_resets: usize,
     pub closed_days: usize,
     pub closed_months: usize,
     /// Deltas and billing state, in seconds.
@@ -60,6 +73,8 @@ struct EipState {
     /// When it started counting from zero (new EIPs, until their first round).
     first_seen: Option<i64>,
     series: Series,
+    /// Average inbound and outbound bit/s of its newest sample.
+    rates: [u64; 2],
 }
 
 /// Per-EIP sampling state, persisted in the store.
@@ -74,6 +89,9 @@ pub struct Sampler {
     store: Store,
     states: Vec<EipState>,
     index: HashMap<IpAddr, usize>,
+    groups: Groups,
+    /// Figures of shared bandwidths removed from the config, committed with the next round.
+    closed_groups: Vec<(String, Closed)>,
 }
 
 impl Sampler {
@@ -86,6 +104,7 @@ impl Sampler {
     ) -> Result<Self, StoreError> {
         store.check_settings(&calendar, &host)?;
         let mut snapshots = store.load_snapshots()?;
+        let groups = Groups::restore(calendar, options, store.load_groups(calendar)?);
         let mut sampler = Self {
             calendar,
             options,
@@ -93,6 +112,8 @@ impl Sampler {
             states: Vec::new(),
             index: HashMap::new(),
             store,
+            groups,
+            closed_groups: Vec::new(),
         };
         for (eip, series) in sampler.store.load_series(calendar)? {
             let snapshot = snapshots.remove(&eip);
@@ -114,6 +135,7 @@ impl Sampler {
             snapshot,
             first_seen: None,
             series,
+            rates: [0, 0],
         });
         self.index.insert(eip, i);
         i
@@ -148,6 +170,36 @@ impl Sampler {
         if st.snapshot.is_none() && st.first_seen.is_none() {
             st.first_seen = Some(at);
         }
+    }
+
+    /// Makes the shared bandwidths those of the config (see [`Groups::configure`]); the figures
+    /// of a group no longer configured are committed with the next round.
+    pub fn configure_groups(
+        &mut self,
+        groups: &[(String, Option<u64>)],
+        members: &[(IpAddr, String)],
+        at: i64,
+    ) {
+        let closed = self.groups.configure(groups, members, at);
+        self.closed_groups.extend(closed);
+    }
+
+    pub fn options(&self) -> SeriesOptions {
+        self.options
+    }
+
+    /// The shared bandwidths and their series.
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    /// Every EIP's series and the rates of its newest sample, in the order of the last round.
+    pub fn eips(&self) -> impl Iterator<Item = EipView<'_>> {
+        self.states.iter().map(|st| EipView {
+            eip: st.eip,
+            series: &st.series,
+            rates_bps: st.rates,
+        })
     }
 
     /// Records a bandwidth change (for the daily largest bandwidth and the baseline).
@@ -185,6 +237,9 @@ impl Sampler {
         let mut to_checkpoint: Vec<usize> = Vec::new();
         let mut order: Vec<usize> = Vec::with_capacity(readings.len());
         let mut in_order = true;
+        let mut partial = 0;
+        let mut counter_resets = 0;
+        let group_undo = self.groups.begin();
         let step = i64::from(self.calendar.interval());
         for (position, (eip, counters)) in readings.iter().enumerate() {
             let i = if self.states.get(position).is_some_and(|s| s.eip == *eip) {
@@ -201,6 +256,11 @@ impl Sampler {
                 continue; // this boundary was already committed
             }
             let first_seen = st.first_seen.unwrap_or(boundary - 1);
+            if st.snapshot.is_some_and(|p| {
+                now.inbound_bytes < p.inbound_bytes || now.outbound_bytes < p.outbound_bytes
+            }) {
+                counter_resets += 1;
+            }
             let mut one = st.snapshot.and_then(|p| next_interval(p, now, step));
             let mut many;
             let new: &mut [Sample] = match &mut one {
@@ -230,6 +290,14 @@ impl Sampler {
                     error!(%eip, error = %e, "sample refused by the billing series");
                 }
                 store::encode_sample(&mut samples_blob, id, boundary, sample);
+                self.groups.add(eip, sample);
+                partial += usize::from(sample.state == SampleState::Partial);
+            }
+            if let Some(last) = new.last() {
+                st.rates = [
+                    average_bps(last.inbound_bytes, calendar.interval()),
+                    average_bps(last.outbound_bytes, calendar.interval()),
+                ];
             }
             sample_count += new.len();
             let c = st.series.take_closed();
@@ -241,10 +309,22 @@ impl Sampler {
             }
             undo.push((i, st.snapshot.replace(now), st.first_seen.take()));
         }
+        let mut closed_groups: Vec<(String, Closed)> = self.groups.flush();
+        closed_groups.extend(self.closed_groups.iter().cloned());
         let mut report = RoundReport {
             samples: sample_count,
-            closed_days: closed.iter().map(|(_, c)| c.days.len()).sum(),
-            closed_months: closed.iter().map(|(_, c)| c.months.len()).sum(),
+            partial_samples: partial,
+            counter_resets,
+            closed_days: closed.iter().map(|(_, c)| c.days.len()).sum::<usize>()
+                + closed_groups
+                    .iter()
+                    .map(|(_, c)| c.days.len())
+                    .sum::<usize>(),
+            closed_months: closed.iter().map(|(_, c)| c.months.len()).sum::<usize>()
+                + closed_groups
+                    .iter()
+                    .map(|(_, c)| c.months.len())
+                    .sum::<usize>(),
             compute_seconds: started.elapsed().as_secs_f64(),
             commit_seconds: 0.0,
         };
@@ -256,6 +336,7 @@ impl Sampler {
             .iter()
             .map(|&i| (self.states[i].eip, &self.states[i].series))
             .collect();
+        let group_records = self.groups.records();
         let committed = self.store.commit_round(RoundRecords {
             host: &self.host,
             boundary,
@@ -264,8 +345,11 @@ impl Sampler {
             new_eips: &new_ids,
             closed: &closed,
             checkpoints: &checkpoint,
+            groups: group_records.as_deref(),
+            closed_groups: &closed_groups,
         });
         if let Err(e) = committed {
+            self.groups.undo(group_undo);
             // The snapshots move on only with a committed round, so the next round's delta
             // covers this one as a whole.
             for (i, snapshot, first_seen) in undo {
@@ -278,6 +362,8 @@ impl Sampler {
             }
             return Err(e);
         }
+        self.groups.committed();
+        self.closed_groups.clear();
         if !in_order {
             self.reorder(&order);
         }
@@ -339,6 +425,8 @@ impl Sampler {
             if let Err(e) = st.series.push(*s) {
                 error!(%eip, error = %e, "final sample refused by the billing series");
             }
+            // Its group gets these with the next round's sums.
+            self.groups.add(&eip, s);
         }
         st.series.close();
         let closed = st.series.take_closed();
@@ -365,7 +453,7 @@ impl Sampler {
                 snapshot: &snapshot_blob,
                 new_eips: &new_ids,
                 closed: &closed,
-                checkpoints: &[],
+                ..RoundRecords::default()
             },
             eip,
         );
@@ -396,14 +484,18 @@ impl Sampler {
             .collect();
         let last = self.last_boundary().unwrap_or(0);
         let snapshot_blob = self.snapshot_blob(last);
+        let group_records = self.groups.records();
         self.store.commit_round(RoundRecords {
             host: &self.host,
             boundary: last,
-            samples: &[],
             snapshot: &snapshot_blob,
-            new_eips: &[],
-            closed: &[],
             checkpoints: &all,
-        })
+            groups: group_records.as_deref(),
+            closed_groups: &self.closed_groups,
+            ..RoundRecords::default()
+        })?;
+        self.groups.committed();
+        self.closed_groups.clear();
+        Ok(())
     }
 }

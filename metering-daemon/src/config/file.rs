@@ -1,0 +1,128 @@
+//! The configuration file as written: every field spanned so a problem can name its line,
+//! unknown keys refused so a typo never silently means "default".
+
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{AttachMode, EipState, OnExit};
+use crate::billing::{GbUnit, SampleRule};
+
+/// The configuration file. Unknown fields are errors, so a typo never silently means "default".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub sampler: Option<Spanned<SamplerSection>>,
+    #[serde(default)]
+    pub policing: Option<Spanned<PolicingSection>>,
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
+    /// Shared bandwidths, one `[[group]]` table each.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupSection>,
+    /// The EIP inventory, one `[[eip]]` table each.
+    #[serde(default, rename = "eip")]
+    pub eips: Vec<EipSection>,
+}
+
+/// `[policing]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicingSection {
+    /// 0 < share <= 1 (default 0.75).
+    pub share: Option<f64>,
+    /// Milliseconds, > 0 (default 250).
+    pub burst_ms: Option<f64>,
+    /// Milliseconds, <= burst_ms (default 125, or burst_ms if that is smaller).
+    pub ecn_mark_ms: Option<f64>,
+    /// Default true.
+    pub ecn: Option<bool>,
+}
+
+/// `[[group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// `[A-Za-z0-9_.-]{1,64}`, unique.
+    pub name: Spanned<String>,
+    pub bandwidth_mbps: Spanned<u64>,
+    pub inbound_mbps: Option<Spanned<u64>>,
+    pub outbound_mbps: Option<Spanned<u64>>,
+}
+
+/// `[dataplane]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSection {
+    /// Uplink interfaces the programs attach to (required, at least one).
+    pub interfaces: Vec<Spanned<String>>,
+    /// EIP slots (default 65536, at most 16777216).
+    #[serde(default)]
+    pub capacity: Option<Spanned<u32>>,
+    /// bpffs directory for pins (default `/sys/fs/bpf/eip-meter`).
+    #[serde(default)]
+    pub bpffs_root: Option<Spanned<PathBuf>>,
+    /// Instance name, `[A-Za-z0-9_-]{1,64}` (default `default`).
+    #[serde(default)]
+    pub instance: Option<Spanned<String>>,
+    /// `detach` (default) or `keep`.
+    #[serde(default)]
+    pub on_exit: Option<Spanned<OnExit>>,
+    /// `auto` (default), `tcx` or `netlink`.
+    #[serde(default)]
+    pub attach_mode: Option<Spanned<AttachMode>>,
+    /// Groups the bucket maps have room for (default 4096, at most `capacity`).
+    #[serde(default)]
+    pub group_capacity: Option<Spanned<u32>>,
+}
+
+/// `[sampler]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSection {
+    /// Seconds, dividing 86400 (default 300).
+    pub interval_seconds: Option<u32>,
+    /// IANA name (default "Asia/Shanghai").
+    pub timezone: Option<String>,
+    /// Absolute directory (default "/var/lib/eip-meter").
+    pub state_dir: Option<PathBuf>,
+    /// This router's name in the samples (default: the host name).
+    pub host: Option<String>,
+    /// "max" (default), "inbound" or "outbound".
+    pub sample_rule: Option<SampleRule>,
+    /// "decimal" (10^9 bytes, default) or "binary" (2^30).
+    pub gb_unit: Option<GbUnit>,
+}
+
+/// `[[eip]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EipSection {
+    /// The EIP, IPv4 or IPv6.
+    pub address: Spanned<IpAddr>,
+    /// Purchased bandwidth, Mbit/s.
+    pub bandwidth_mbps: Option<Spanned<u64>>,
+    /// Inbound purchased bandwidth, Mbit/s, if it differs.
+    pub inbound_mbps: Option<Spanned<u64>>,
+    /// Outbound purchased bandwidth, Mbit/s, if it differs.
+    pub outbound_mbps: Option<Spanned<u64>>,
+    /// Name of a `[[group]]`.
+    pub group: Option<Spanned<String>>,
+    /// "active" (default), "expired", "arrears" or "frozen".
+    pub state: Option<EipState>,
+}
+
+/// `[metrics]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// `address:port` (default `127.0.0.1:10317`).
+    pub listen: Option<Spanned<String>>,
+    /// Default true.
+    pub per_eip: Option<bool>,
+}

@@ -1,0 +1,58 @@
+//! What validation asks of the host, behind a trait so unit tests validate without a network
+//! namespace.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+    path::Path,
+};
+
+/// Checks that the host can satisfy the config (interfaces exist). Behind a trait so unit tests
+/// validate without a network namespace.
+pub trait HostCheck {
+    fn interface_exists(&self, name: &str) -> bool;
+
+    /// Whether `/metrics` can be served at `addr`. A daemon of the same state directory that
+    /// is running holds the address itself, which is fine (`validate` before a reload).
+    fn can_listen(&self, _addr: SocketAddr, _state_dir: &Path) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The real host: the interface must exist in the caller's network namespace.
+pub struct CurrentNetns;
+
+impl HostCheck for CurrentNetns {
+    fn interface_exists(&self, name: &str) -> bool {
+        nix::net::if_::if_nametoindex(name).is_ok()
+    }
+
+    fn can_listen(&self, addr: SocketAddr, state_dir: &Path) -> Result<(), String> {
+        match TcpListener::bind(addr) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && daemon_running(state_dir) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(format!(
+                "{addr} is already in use by another program; choose another metrics.listen"
+            )),
+            Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+}
+
+/// Whether the pid file of `state_dir` names a live process.
+fn daemon_running(state_dir: &Path) -> bool {
+    std::fs::read_to_string(state_dir.join("eip-meter.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+/// Accepts every interface name: for commands that only read pins, and for tools that parse a
+/// config written for another network namespace.
+pub struct AnyInterface;
+
+impl HostCheck for AnyInterface {
+    fn interface_exists(&self, _: &str) -> bool {
+        true
+    }
+}

@@ -1,0 +1,438 @@
+//! From the file to a validated [`Config`]: every problem found, each with its line and column.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use toml::Spanned;
+
+use super::{
+    AttachMode, Config, ConfigFile, CurrentNetns, DEFAULT_BPFFS_ROOT, DEFAULT_CAPACITY,
+    DEFAULT_GROUP_CAPACITY, DEFAULT_INSTANCE, DataplaneConfig, EipConfig, GroupConfig, HostCheck,
+    MAX_CAPACITY, MetricsConfig, OnExit, PolicingConfig, SamplerConfig,
+};
+use crate::{addr::normalize, billing::calendar::Calendar};
+
+/// One problem found in a configuration file, with its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line and column, when the problem has a place in the file.
+    pub location: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, col)) => write!(f, "line {line}, column {col}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}:\n{}", .problems.iter().map(|p| format!("  {}: {p}", .path.display())).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates `path` against the current host.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &CurrentNetns).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Parses and validates config text; every problem found is returned, not just the first.
+    pub fn parse(text: &str, host: &dyn HostCheck) -> Result<Config, Vec<Problem>> {
+        let locate = |span: Range<usize>| Some(line_col(text, span.start));
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            vec![Problem {
+                location: e.span().and_then(&locate),
+                message: e.message().trim().to_owned(),
+            }]
+        })?;
+
+        let mut problems = Vec::new();
+        let mut problem = |span: Range<usize>, message: String| {
+            problems.push(Problem {
+                location: locate(span),
+                message,
+            })
+        };
+
+        let d = file.dataplane;
+        if d.interfaces.is_empty() {
+            problems_push_global(
+                &mut problem,
+                "dataplane.interfaces must name at least one uplink",
+            );
+        }
+        let mut seen_if = HashMap::new();
+        for iface in &d.interfaces {
+            let name = iface.get_ref();
+            if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
+                problem(
+                    iface.span(),
+                    format!("`{name}` is not a valid interface name"),
+                );
+            } else if let Some(first) = seen_if.insert(name.clone(), iface.span()) {
+                let (l, _) = line_col(text, first.start);
+                problem(
+                    iface.span(),
+                    format!("interface `{name}` is listed twice (first on line {l})"),
+                );
+            } else if !host.interface_exists(name) {
+                problem(
+                    iface.span(),
+                    format!("interface `{name}` does not exist in this network namespace"),
+                );
+            }
+        }
+
+        let capacity = d
+            .capacity
+            .as_ref()
+            .map_or(DEFAULT_CAPACITY, |c| *c.get_ref());
+        if let Some(c) = &d.capacity
+            && !(1..=MAX_CAPACITY).contains(c.get_ref())
+        {
+            problem(
+                c.span(),
+                format!("capacity must be between 1 and {MAX_CAPACITY}"),
+            );
+        }
+        let instance = d
+            .instance
+            .as_ref()
+            .map_or(DEFAULT_INSTANCE.to_owned(), |i| i.get_ref().clone());
+        if let Some(i) = &d.instance
+            && !valid_instance(i.get_ref())
+        {
+            problem(
+                i.span(),
+                "instance must match [A-Za-z0-9_-]{1,64}".to_owned(),
+            );
+        }
+        let bpffs_root = d
+            .bpffs_root
+            .as_ref()
+            .map_or(PathBuf::from(DEFAULT_BPFFS_ROOT), |p| p.get_ref().clone());
+        if let Some(p) = &d.bpffs_root
+            && !p.get_ref().is_absolute()
+        {
+            problem(p.span(), "bpffs_root must be an absolute path".to_owned());
+        }
+        let on_exit = d
+            .on_exit
+            .as_ref()
+            .map_or(OnExit::default(), |o| *o.get_ref());
+        let attach_mode = d
+            .attach_mode
+            .as_ref()
+            .map_or(AttachMode::default(), |a| *a.get_ref());
+        if let (Some(o), AttachMode::Netlink) = (&d.on_exit, attach_mode)
+            && *o.get_ref() == OnExit::Keep
+        {
+            problem(
+                o.span(),
+                "on_exit = \"keep\" needs pinnable TCX links; attach_mode = \"netlink\" cannot keep them".to_owned(),
+            );
+        }
+
+        let mut sampler = SamplerConfig::default();
+        if let Some(section) = &file.sampler {
+            let span = section.span();
+            let section = section.get_ref();
+            sampler.interval_seconds = section.interval_seconds.unwrap_or(sampler.interval_seconds);
+            sampler.timezone = section.timezone.clone().unwrap_or(sampler.timezone);
+            sampler.state_dir = section.state_dir.clone().unwrap_or(sampler.state_dir);
+            sampler.host = section.host.clone().unwrap_or(sampler.host);
+            sampler.sample_rule = section.sample_rule.unwrap_or_default();
+            sampler.gb_unit = section.gb_unit.unwrap_or_default();
+            if let Err(e) = Calendar::new(&sampler.timezone, sampler.interval_seconds) {
+                problem(span.clone(), format!("[sampler]: {e}"));
+            }
+            if !sampler.state_dir.is_absolute() {
+                problem(
+                    span.clone(),
+                    "[sampler]: state_dir must be an absolute path".to_owned(),
+                );
+            }
+            if sampler.host.is_empty() || sampler.host.contains([',', '\n', '"']) {
+                problem(
+                    span,
+                    "[sampler]: host must be non-empty, without commas or quotes".to_owned(),
+                );
+            }
+        }
+
+        let mut metrics = MetricsConfig::default();
+        if let Some(m) = &file.metrics {
+            metrics.enabled = m.enabled.unwrap_or(metrics.enabled);
+            metrics.per_eip = m.per_eip.unwrap_or(metrics.per_eip);
+            if let Some(listen) = &m.listen {
+                match listen.get_ref().parse::<SocketAddr>() {
+                    Ok(addr) => metrics.listen = addr,
+                    Err(_) => problem(
+                        listen.span(),
+                        format!(
+                            "`{}` is not an address:port (e.g. 127.0.0.1:10317 or [::1]:10317)",
+                            listen.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+        if metrics.enabled
+            && let Err(e) = host.can_listen(metrics.listen, &sampler.state_dir)
+        {
+            match file.metrics.as_ref().and_then(|m| m.listen.as_ref()) {
+                Some(listen) => problem(listen.span(), format!("metrics.listen: {e}")),
+                None => problems_push_global(
+                    &mut problem,
+                    &format!("metrics.listen (default {}): {e}", metrics.listen),
+                ),
+            }
+        }
+
+        let group_capacity = d
+            .group_capacity
+            .as_ref()
+            .map_or(DEFAULT_GROUP_CAPACITY, |g| *g.get_ref());
+        if let Some(g) = &d.group_capacity
+            && (*g.get_ref() == 0 || *g.get_ref() > MAX_CAPACITY)
+        {
+            problem(
+                g.span(),
+                format!("group_capacity must be between 1 and {MAX_CAPACITY}"),
+            );
+        }
+
+        let mut policing = PolicingConfig::default();
+        if let Some(section) = &file.policing {
+            let span = section.span();
+            let p = section.get_ref();
+            policing.share = p.share.unwrap_or(policing.share);
+            policing.burst_ms = p.burst_ms.unwrap_or(policing.burst_ms);
+            policing.ecn_mark_ms = p
+                .ecn_mark_ms
+                .unwrap_or(policing.ecn_mark_ms.min(policing.burst_ms));
+            policing.ecn = p.ecn.unwrap_or(policing.ecn);
+            if !(policing.share > 0.0 && policing.share <= 1.0) {
+                problem(
+                    span.clone(),
+                    "[policing]: share must be in (0, 1] (0.75 for a dual-active pair, 1.0 alone)"
+                        .to_owned(),
+                );
+            }
+            if !(policing.burst_ms > 0.0 && policing.burst_ms <= 10_000.0) {
+                problem(
+                    span.clone(),
+                    "[policing]: burst_ms must be in (0, 10000]".to_owned(),
+                );
+            }
+            if !(policing.ecn_mark_ms >= 0.0 && policing.ecn_mark_ms <= policing.burst_ms) {
+                problem(
+                    span,
+                    "[policing]: ecn_mark_ms must be between 0 and burst_ms".to_owned(),
+                );
+            }
+        }
+
+        let mut seen_group: HashMap<String, Range<usize>> = HashMap::new();
+        for g in &file.groups {
+            let name = g.name.get_ref();
+            if !valid_group_name(name) {
+                problem(
+                    g.name.span(),
+                    "group name must match [A-Za-z0-9_.-]{1,64}".to_owned(),
+                );
+            } else if let Some(first) = seen_group.get(name) {
+                let (l, _) = line_col(text, first.start);
+                problem(
+                    g.name.span(),
+                    format!("group `{name}` is defined twice (first on line {l})"),
+                );
+            } else {
+                seen_group.insert(name.clone(), g.name.span());
+            }
+            for bw in [
+                Some(&g.bandwidth_mbps),
+                g.inbound_mbps.as_ref(),
+                g.outbound_mbps.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if *bw.get_ref() == 0 {
+                    problem(
+                        bw.span(),
+                        "a bandwidth must be at least 1 Mbit/s".to_owned(),
+                    );
+                }
+            }
+        }
+        if file.groups.len() > group_capacity as usize {
+            problems_push_global(
+                &mut problem,
+                &format!(
+                    "{} groups do not fit in dataplane.group_capacity {group_capacity}",
+                    file.groups.len()
+                ),
+            );
+        }
+
+        let mut seen_eip: HashMap<IpAddr, Range<usize>> = HashMap::new();
+        for eip in &file.eips {
+            let addr = normalize(*eip.address.get_ref());
+            if let Some(first) = seen_eip.get(&addr) {
+                let (l, _) = line_col(text, first.start);
+                problem(
+                    eip.address.span(),
+                    format!("EIP {addr} is listed twice (first on line {l})"),
+                );
+            } else if !is_assignable(addr) {
+                problem(
+                    eip.address.span(),
+                    format!(
+                        "{addr} cannot be an EIP (unspecified, loopback, multicast or broadcast)"
+                    ),
+                );
+            } else {
+                seen_eip.insert(addr, eip.address.span());
+            }
+            for bw in [&eip.bandwidth_mbps, &eip.inbound_mbps, &eip.outbound_mbps]
+                .into_iter()
+                .flatten()
+            {
+                if *bw.get_ref() == 0 {
+                    problem(
+                        bw.span(),
+                        "a bandwidth must be at least 1 Mbit/s".to_owned(),
+                    );
+                }
+            }
+            if let Some(group) = &eip.group {
+                if !seen_group.contains_key(group.get_ref()) {
+                    problem(
+                        group.span(),
+                        format!("group `{}` is not defined by a [[group]]", group.get_ref()),
+                    );
+                }
+                if let Some(bw) = [&eip.bandwidth_mbps, &eip.inbound_mbps, &eip.outbound_mbps]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                {
+                    problem(
+                        bw.span(),
+                        "an EIP in a group is capped by the group's bandwidth; remove its own"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        if (1..=MAX_CAPACITY).contains(&capacity) && file.eips.len() > capacity as usize {
+            problems_push_global(
+                &mut problem,
+                &format!("{} EIPs do not fit in capacity {capacity}", file.eips.len()),
+            );
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            dataplane: DataplaneConfig {
+                interfaces: d.interfaces.into_iter().map(|i| i.into_inner()).collect(),
+                capacity,
+                bpffs_root,
+                instance,
+                on_exit,
+                attach_mode,
+                group_capacity,
+            },
+            sampler,
+            policing,
+            metrics,
+            groups: file
+                .groups
+                .into_iter()
+                .map(|g| GroupConfig {
+                    name: g.name.into_inner(),
+                    bandwidth_mbps: g.bandwidth_mbps.into_inner(),
+                    inbound_mbps: g.inbound_mbps.map(Spanned::into_inner),
+                    outbound_mbps: g.outbound_mbps.map(Spanned::into_inner),
+                })
+                .collect(),
+            eips: file
+                .eips
+                .into_iter()
+                .map(|e| EipConfig {
+                    address: normalize(e.address.into_inner()),
+                    bandwidth_mbps: e.bandwidth_mbps.map(Spanned::into_inner),
+                    inbound_mbps: e.inbound_mbps.map(Spanned::into_inner),
+                    outbound_mbps: e.outbound_mbps.map(Spanned::into_inner),
+                    group: e.group.map(Spanned::into_inner),
+                    state: e.state.unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+}
+
+fn problems_push_global(problem: &mut impl FnMut(Range<usize>, String), message: &str) {
+    // Problems about the file as a whole point at its start.
+    problem(0..0, message.to_owned());
+}
+
+fn is_assignable(addr: IpAddr) -> bool {
+    !(addr.is_unspecified()
+        || addr.is_loopback()
+        || addr.is_multicast()
+        || matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()))
+}
+
+fn valid_group_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn valid_instance(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}

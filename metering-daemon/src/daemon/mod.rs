@@ -1,0 +1,275 @@
+//! The daemon: load, provision, attach, then sample at every interval boundary, follow the
+//! uplinks, apply inventory changes and serve `/metrics` until told to stop. Signal handling
+//! lives at the edge (`cli`); this takes plain futures and channels so tests can drive it
+//! in-process. The wall clock is read here, never in the billing code.
+//!
+//! * `mod.rs`: start-up, the loop, shutdown.
+//! * `round.rs`: one sampling round and the figures it publishes.
+//! * `reload.rs`: applying a new config.
+//! * `uplinks.rs`: logging, recording and publishing uplink changes.
+
+mod reload;
+mod round;
+mod uplinks;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+pub use uplinks::{UplinkFile, uplinks_file};
+
+use crate::{
+    billing::{calendar::Calendar, series::SeriesOptions},
+    config::Config,
+    dataplane::{
+        Dataplane, DataplaneError, UplinkEvent,
+        links::watch::{LinkNotice, LinkWatcher},
+    },
+    exposition::{MetricsHandle, server, tally::Tally},
+    policy,
+    sampling::{Gaps, Sampler},
+    store::{Store, StoreError},
+};
+
+/// How often the uplinks are checked besides link notifications and sampling rounds: what
+/// sends no notification (`bpftool link detach`, another agent replacing our program) is
+/// repaired within this.
+pub const UPLINK_CHECK_PERIOD: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "metrics.listen {addr}: {source} (choose another address, or set metrics.enabled = false)"
+    )]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A reload request: a new valid config, or a file that was refused (counted, nothing changes).
+#[derive(Debug)]
+pub enum Reload {
+    Apply(Box<Config>),
+    Rejected,
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn rfc3339(t: f64) -> String {
+    chrono::DateTime::from_timestamp(t.floor() as i64, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+/// Where the running daemon writes its pid (read by `eip-meter eip` and `eip-meter group`).
+pub fn pid_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("eip-meter.pid")
+}
+
+/// Everything the running daemon holds.
+struct Daemon {
+    config: Config,
+    calendar: Calendar,
+    dataplane: Dataplane,
+    sampler: Sampler,
+    uplinks: uplinks::UplinkLog,
+    tally: Tally,
+    metrics: MetricsHandle,
+}
+
+/// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
+/// inventory, states, bandwidths, groups and `[policing]` at once, without reattaching anything
+/// (the `[dataplane]`, `[sampler]` and `[metrics]` sections are fixed for the life of the
+/// process).
+pub async fn run(
+    config: Config,
+    mut reloads: mpsc::Receiver<Reload>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let state_dir = config.sampler.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    // Bound first: an address in use is a clear error before anything is loaded.
+    let listener = if config.metrics.enabled {
+        let addr = config.metrics.listen;
+        Some(server::bind(addr).map_err(|source| DaemonError::MetricsListen { addr, source })?)
+    } else {
+        None
+    };
+    let calendar = config.sampler.calendar();
+    let store = Store::open(&config.sampler.store_path())?;
+    let options = SeriesOptions {
+        rule: config.sampler.sample_rule,
+        gb_unit: config.sampler.gb_unit,
+    };
+    let sampler = Sampler::open(calendar, options, config.sampler.host.clone(), store)?;
+
+    let mut dataplane = Dataplane::load(&config.dataplane)?;
+    // Provision before attaching, so the first counted packet already finds its EIP.
+    let report = dataplane.apply(&policy::desired(&config))?;
+    // Kept maps carry counts up to when the previous daemon's links stopped: if a link did not
+    // survive, the traffic since the last committed round may be missing.
+    let last_boundary = sampler.last_boundary();
+    let unmetered_since = match (dataplane.reused_pins(), last_boundary) {
+        (true, Some(boundary)) => boundary as f64,
+        _ => f64::INFINITY,
+    };
+    // Gaps a previous daemon recorded that reach past the last committed round still mark it.
+    let earlier_gaps = sampler
+        .store()
+        .gaps_after(last_boundary.map_or(f64::NEG_INFINITY, |b| b as f64))?;
+    let tally = Tally::new(
+        &config,
+        (config.dataplane.capacity, config.dataplane.group_capacity),
+        last_boundary,
+    );
+    let mut daemon = Daemon {
+        uplinks: uplinks::UplinkLog::new(&state_dir, Gaps::from_records(&earlier_gaps)),
+        calendar,
+        dataplane,
+        sampler,
+        tally,
+        metrics: MetricsHandle::default(),
+        config,
+    };
+    let events = daemon.dataplane.attach_since(unmetered_since)?;
+    daemon.note_uplinks(&events);
+    let mut watcher = match LinkWatcher::subscribe() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, period_seconds = UPLINK_CHECK_PERIOD.as_secs(), "no link notifications; uplinks are checked periodically only");
+            None
+        }
+    };
+    let inventory = daemon.config.clone();
+    daemon.note_inventory(&inventory, &[]);
+    daemon.publish();
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listener) = listener {
+        info!(listen = %daemon.config.metrics.listen, per_eip = daemon.config.metrics.per_eip, "serving /metrics");
+        tokio::spawn(server::serve(
+            listener,
+            daemon.metrics.clone(),
+            async move {
+                let _ = server_stopped.await;
+            },
+        ));
+    }
+    let pid_path = pid_file(&state_dir);
+    if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
+        warn!(path = %pid_path.display(), error = %e, "pid file not written; `eip-meter eip`/`group` cannot find this daemon");
+    }
+    info!(
+        eips = daemon.dataplane.slots().len(),
+        added = report.added,
+        removed = report.removed.len(),
+        groups = daemon.config.groups.len(),
+        share = daemon.config.policing.share,
+        capacity = daemon.config.dataplane.capacity,
+        interval_seconds = calendar.interval(),
+        timezone = calendar.timezone(),
+        "ready"
+    );
+    notify_systemd(sd_notify::NotifyState::Ready);
+
+    tokio::pin!(shutdown);
+    let mut recheck = tokio::time::interval(UPLINK_CHECK_PERIOD);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let step = i64::from(calendar.interval());
+    loop {
+        let now = now_seconds();
+        let boundary = calendar.interval_start(now.floor() as i64) + step;
+        let wait = Duration::from_secs_f64((boundary as f64 - now).max(0.0));
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(wait) => daemon.round(boundary),
+            notice = next_notice(&mut watcher) => match notice {
+                Some(notice) => {
+                    if daemon.dataplane.concerns_uplink(&notice) {
+                        debug!(ifindex = notice.ifindex, name = ?notice.name, "link notice");
+                        daemon.check_uplinks();
+                    }
+                }
+                None => {
+                    warn!(period_seconds = UPLINK_CHECK_PERIOD.as_secs(), "link notifications stopped; uplinks are checked periodically only");
+                    watcher = None;
+                }
+            },
+            _ = recheck.tick() => daemon.check_uplinks(),
+            Some(reload) = reloads.recv() => daemon.reload(reload),
+        }
+    }
+    info!("shutting down");
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    let _ = stop_server.send(());
+    let _ = std::fs::remove_file(&pid_path);
+    let _ = std::fs::remove_file(&daemon.uplinks.status_path);
+    if let Err(e) = daemon.sampler.checkpoint_all() {
+        error!(error = %e, "final checkpoint not written; the next start replays from the last one");
+    }
+    daemon.dataplane.shutdown()?;
+    Ok(())
+}
+
+impl Daemon {
+    /// Makes the current figures what `/metrics` shows.
+    fn publish(&mut self) {
+        self.tally.uplinks(self.dataplane.uplink_status());
+        self.metrics.publish(self.tally.published());
+    }
+
+    /// Checks every uplink, repairs what needs it, and reports any change.
+    fn check_uplinks(&mut self) {
+        let events = self.dataplane.check_uplinks();
+        self.note_uplinks(&events);
+    }
+
+    fn note_uplinks(&mut self, events: &[UplinkEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        for _ in self.uplinks.note(events, self.sampler.store()) {
+            self.tally.store_error();
+        }
+        self.uplinks.write_status(self.dataplane.uplink_status());
+        self.publish();
+    }
+}
+
+/// The next link notice, or never when there is no subscription.
+async fn next_notice(watcher: &mut Option<LinkWatcher>) -> Option<LinkNotice> {
+    match watcher {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells systemd (`Type=notify`) about a state change; a no-op outside systemd.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}

@@ -1,0 +1,94 @@
+//! One sampling round: repair the uplinks, read every counter, commit the samples, and publish
+//! the round's figures.
+
+use std::time::Instant;
+
+use metering_common::DropCounters;
+use tracing::{error, info, warn};
+
+use super::{Daemon, rfc3339};
+use crate::{exposition::tally::RoundFacts, sampling::Coverage};
+
+impl Daemon {
+    /// The round at interval boundary `boundary`.
+    pub(super) fn round(&mut self, boundary: i64) {
+        // Repair first: a round must not start with an uplink silently bare.
+        self.check_uplinks();
+        let step = i64::from(self.calendar.interval());
+        let started = Instant::now();
+        let readings = match self.dataplane.read_counters() {
+            Ok(r) => r,
+            Err(e) => {
+                // The kernel kept the counts: the next round's delta covers this one.
+                error!(boundary, error = %e, "cannot read counters; sampling at the next boundary");
+                self.tally.round_failed();
+                self.publish();
+                return;
+            }
+        };
+        // Drops and non-EIP traffic only feed the metrics: a failed read leaves them out of
+        // this round, never the samples.
+        let drops = self.dataplane.read_drops().unwrap_or_else(|e| {
+            warn!(boundary, error = %e, "cannot read drop counters; drop metrics stand still this round");
+            vec![DropCounters::default(); readings.len()]
+        });
+        let non_eip = self.dataplane.read_non_eip().unwrap_or_else(|e| {
+            warn!(boundary, error = %e, "cannot read non-EIP counters");
+            Default::default()
+        });
+        let read_seconds = started.elapsed().as_secs_f64();
+        let coverage = self.uplinks.gaps.coverage(boundary - step, boundary);
+        match self.sampler.round_with(boundary, &readings, coverage) {
+            Ok(r) => {
+                self.uplinks.gaps.forget_before(boundary);
+                if coverage == Coverage::Incomplete {
+                    warn!(boundary, interval_start = %rfc3339((boundary - step) as f64), samples = r.samples, "an uplink was not metered for part of this interval; its samples are marked partial");
+                }
+                let expose_started = Instant::now();
+                let store = self.sampler.store();
+                let facts = RoundFacts {
+                    boundary,
+                    readings: &readings,
+                    drops: &drops,
+                    non_eip,
+                    samples: r.samples,
+                    partial_samples: r.partial_samples,
+                    counter_resets: r.counter_resets,
+                    read_seconds,
+                    compute_seconds: r.compute_seconds,
+                    commit_seconds: r.commit_seconds,
+                    commit_bytes: store.last_commit_bytes(),
+                    store_bytes: store.disk_bytes().unwrap_or_else(|e| {
+                        warn!(error = %e, "store size unknown");
+                        0
+                    }),
+                    slots_used: (self.dataplane.slots().len(), self.dataplane.group_slots().0),
+                };
+                self.tally.round_committed(&facts, &self.sampler);
+                let expose_seconds = expose_started.elapsed().as_secs_f64();
+                self.tally.exposed_in(expose_seconds);
+                info!(
+                    boundary,
+                    eips = readings.len(),
+                    samples = r.samples,
+                    partial_samples = r.partial_samples,
+                    closed_days = r.closed_days,
+                    closed_months = r.closed_months,
+                    read_ms = (read_seconds * 1e3) as u64,
+                    compute_ms = (r.compute_seconds * 1e3) as u64,
+                    commit_ms = (r.commit_seconds * 1e3) as u64,
+                    expose_ms = (expose_seconds * 1e3) as u64,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sampled"
+                );
+            }
+            // Nothing of the round was committed; the next round covers it.
+            Err(e) => {
+                error!(boundary, error = %e, "sampling round not committed");
+                self.tally.round_failed();
+            }
+        }
+        self.uplinks.write_status(self.dataplane.uplink_status());
+        self.publish();
+    }
+}

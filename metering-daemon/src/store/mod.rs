@@ -1,0 +1,355 @@
+//! The local sample store (SQLite): raw samples, the last counter snapshot per EIP, series
+//! checkpoints, and closed daily and monthly figures.
+//!
+//! Each sampling round is one transaction: its samples, the full counter snapshot they were
+//! computed from and the series checkpoints due that round are written as records to fsynced
+//! files beside the database (`rounds/<seq>.samples`, `rounds/<seq>.snapshot`,
+//! `rounds/<seq>.checkpoints`) and made part of the store by one SQLite transaction that records
+//! them. Only small rows go through SQLite: at 1,000,000 EIPs a round checkpoints about 3,500
+//! series of a few KiB each, which as rows rewrote whole B-tree pages and cost more than the
+//! rest of the round; as one sequential file they cost one write. After a crash (even `kill -9` mid-round) the next round starts
+//! from the last committed snapshot: no byte is lost (the kernel kept counting) and no sample is
+//! written twice; files of an uncommitted round are removed at open.
+//! `eip-meter samples` exports the raw samples in the CSV format `eip-meter compute` reads.
+
+//!
+//! | file         | job                                                                    |
+//! |--------------|------------------------------------------------------------------------|
+//! | `records.rs` | the fixed-size sample and snapshot records, checkpoint records, files   |
+//! | `commit.rs`  | one round (or an EIP's removal) in one transaction                      |
+//! | `load.rs`    | what a restart restores: snapshots, series (checkpoints + replay), groups |
+//! | `figures.rs` | closed daily and monthly figures, for reports                           |
+//! | `export.rs`  | the samples as CSV (the input of `eip-meter compute`)                   |
+//! | `gaps.rs`    | the uplinks' metering gaps                                              |
+
+mod commit;
+mod export;
+mod figures;
+mod gaps;
+mod load;
+mod records;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use rusqlite::{Connection, OptionalExtension};
+
+pub use commit::RoundRecords;
+pub use figures::{StoredFigures, Subject};
+pub use gaps::GapRecord;
+pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_sample, encode_snapshot};
+
+use crate::billing::calendar::Calendar;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sample store {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("sample store: {op}: {source}")]
+    Sql {
+        op: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "sample store was written with {key} = {stored}, the config says {configured}; use another state_dir or the old setting"
+    )]
+    SettingChanged {
+        key: &'static str,
+        stored: String,
+        configured: String,
+    },
+    #[error("sample store holds an unreadable {what} for {eip}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        eip: String,
+        detail: String,
+    },
+    #[error("sample store files: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(crate) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sql { op, source }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS eips (id INTEGER PRIMARY KEY, address TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS rounds (
+    seq INTEGER PRIMARY KEY, boundary INTEGER NOT NULL, host TEXT NOT NULL,
+    bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, boundary INTEGER NOT NULL,
+    bytes INTEGER NOT NULL);
+-- Series checkpoints as JSON rows: the format before checkpoint files. Still read, and each
+-- row is dropped when its EIP's next checkpoint is written to a file.
+CREATE TABLE IF NOT EXISTS checkpoints (eip INTEGER PRIMARY KEY, series TEXT NOT NULL);
+-- Each EIP's latest checkpoint is in rounds/<seq>.checkpoints. Keyed by the EIP's turn in the
+-- daily checkpoint rotation first, so the ~1/288 of the EIPs a round checkpoints are adjacent
+-- rows: a round dirties a page or two, not every page of the table.
+CREATE TABLE IF NOT EXISTS checkpoint_refs (
+    turn INTEGER NOT NULL, eip INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (turn, eip)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoint_files (seq INTEGER PRIMARY KEY, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS daily_figures (
+    eip INTEGER NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (day, eip));
+CREATE TABLE IF NOT EXISTS monthly_figures (
+    eip INTEGER NOT NULL, month TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (month, eip));
+-- The shared bandwidths' series, all of them as of the round in rounds/<seq>.groups.
+CREATE TABLE IF NOT EXISTS group_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS group_daily_figures (
+    grp TEXT NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (day, grp));
+CREATE TABLE IF NOT EXISTS group_monthly_figures (
+    grp TEXT NOT NULL, month TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (month, grp));
+-- When an uplink was not metered: [from_s, to_s) in UNIX seconds, to_s NULL while it lasts.
+-- Kept for audits; the gaps that reach past the last round also survive a restart, so the
+-- samples of every interval they touch are marked partial whichever daemon commits them.
+CREATE TABLE IF NOT EXISTS metering_gaps (
+    id INTEGER PRIMARY KEY, uplink TEXT NOT NULL, cause TEXT NOT NULL,
+    from_s REAL NOT NULL, to_s REAL);
+";
+
+pub struct Store {
+    conn: Connection,
+    /// `<state_dir>/rounds/`: `<seq>.samples` and `<seq>.snapshot` files, referenced by rows.
+    files: PathBuf,
+    next_seq: i64,
+    ids: HashMap<IpAddr, u32>,
+    addresses: HashMap<u32, IpAddr>,
+    /// Whether JSON checkpoint rows of the earlier format remain (each is dropped when its
+    /// EIP is next checkpointed).
+    legacy_checkpoints: bool,
+    /// The file (seq) holding each EIP's latest checkpoint, as `checkpoint_refs` says.
+    checkpoint_seq: HashMap<u32, i64>,
+    /// How many EIPs' latest checkpoint each file holds: a file at zero is deleted.
+    checkpoint_live: std::collections::BTreeMap<i64, u64>,
+    /// Rounds per day: the checkpoint rotation's length (the `turn` of `checkpoint_refs`).
+    rotation: u32,
+    /// Bytes of all sample files (they are only ever added).
+    sample_bytes: u64,
+    /// Bytes the last commit wrote to its record files.
+    last_commit_bytes: u64,
+    /// The database file, for its size.
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        // WAL + synchronous=FULL: a committed round survives power loss.
+        // 64 KiB pages: a round is a few large blobs, and big pages mean short overflow chains.
+        // (Takes effect only when the file is created.)
+        conn.execute_batch(
+            "PRAGMA page_size = 65536; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
+        )
+        .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let files = path.with_file_name("rounds");
+        std::fs::create_dir_all(&files)?;
+        let snapshot_seq: Option<i64> = conn
+            .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(open_err)?;
+        let groups_seq: Option<i64> = conn
+            .query_row("SELECT seq FROM group_state WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .map_err(open_err)?;
+        // Past every committed sequence number, of rounds *and* of the snapshot (a commit without
+        // samples, such as the shutdown checkpoint, has only the latter): a new round must never
+        // write over a file a committed row refers to.
+        let last_round: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM rounds", [], |r| r.get(0))
+            .map_err(open_err)?;
+        let next_seq = last_round.max(snapshot_seq.unwrap_or(0)) + 1;
+        let mut checkpoint_live: std::collections::BTreeMap<i64, u64> = pair_rows::<i64, i64>(
+            &conn,
+            "SELECT seq, bytes FROM checkpoint_files",
+            "read checkpoint files",
+        )?
+        .into_iter()
+        .map(|(seq, _)| (seq, 0))
+        .collect();
+        let checkpoint_seq: HashMap<u32, i64> = pair_rows::<u32, i64>(
+            &conn,
+            "SELECT eip, seq FROM checkpoint_refs",
+            "read checkpoint refs",
+        )?
+        .into_iter()
+        .collect();
+        for seq in checkpoint_seq.values() {
+            *checkpoint_live.entry(*seq).or_default() += 1;
+        }
+        let legacy_checkpoints: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM checkpoints)", [], |r| {
+                r.get(0)
+            })
+            .map_err(open_err)?;
+        // Files no committed row refers to were written by a round that crashed before its
+        // commit: remove them.
+        for entry in std::fs::read_dir(&files)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan = match name.split_once('.') {
+                Some((seq, "samples")) => seq.parse::<i64>().map_or(true, |s| s >= next_seq),
+                Some((seq, "snapshot")) => seq.parse::<i64>().ok() != snapshot_seq,
+                Some((seq, "checkpoints")) => seq
+                    .parse::<i64>()
+                    .map_or(true, |s| !checkpoint_live.contains_key(&s)),
+                Some((seq, "groups")) => seq.parse::<i64>().ok() != groups_seq,
+                _ => false,
+            };
+            if orphan {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let mut store = Self {
+            conn,
+            files,
+            next_seq,
+            ids: HashMap::new(),
+            addresses: HashMap::new(),
+            legacy_checkpoints,
+            checkpoint_seq,
+            checkpoint_live,
+            rotation: 288,
+            sample_bytes: 0,
+            last_commit_bytes: 0,
+            path: path.to_owned(),
+        };
+        store.sample_bytes = store
+            .conn
+            .query_row("SELECT COALESCE(SUM(bytes), 0) FROM rounds", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql("read store size"))? as u64;
+        let rows =
+            pair_rows::<u32, String>(&store.conn, "SELECT id, address FROM eips", "read EIP ids")?;
+        for (id, address) in rows {
+            let eip = parse_eip(&address)?;
+            store.ids.insert(eip, id);
+            store.addresses.insert(id, eip);
+        }
+        Ok(store)
+    }
+
+    /// Records the interval, time zone and host on first use and refuses different ones later:
+    /// samples of different intervals or zones must never mix.
+    pub fn check_settings(&mut self, calendar: &Calendar, host: &str) -> Result<(), StoreError> {
+        self.rotation = calendar.samples_per_day();
+        for (key, value) in [
+            ("interval_seconds", calendar.interval().to_string()),
+            ("timezone", calendar.timezone().to_owned()),
+            ("host", host.to_owned()),
+        ] {
+            let stored: Option<String> = self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(sql("read settings"))?;
+            match stored {
+                Some(stored) if stored != value => {
+                    return Err(StoreError::SettingChanged {
+                        key,
+                        stored,
+                        configured: value,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.conn
+                        .execute(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                            [key, &value],
+                        )
+                        .map_err(sql("write settings"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn samples_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.samples"))
+    }
+
+    pub(super) fn snapshot_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.snapshot"))
+    }
+
+    pub(super) fn groups_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.groups"))
+    }
+
+    /// Bytes the store holds on disk: the database and its log, and every record file
+    /// (samples, snapshot, checkpoints, groups).
+    pub fn disk_bytes(&self) -> Result<u64, StoreError> {
+        let live: i64 = self
+            .conn
+            .query_row(
+                "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM snapshot)
+                      + (SELECT COALESCE(SUM(bytes), 0) FROM checkpoint_files)
+                      + (SELECT COALESCE(SUM(bytes), 0) FROM group_state)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql("read store size"))?;
+        let file_len = |suffix: &str| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            std::fs::metadata(p).map_or(0, |m| m.len())
+        };
+        Ok(self.sample_bytes + live as u64 + file_len("") + file_len("-wal"))
+    }
+
+    /// Bytes the last commit wrote to its record files.
+    pub fn last_commit_bytes(&self) -> u64 {
+        self.last_commit_bytes
+    }
+
+    pub(super) fn checkpoints_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.checkpoints"))
+    }
+
+    /// The store's id of `eip`, if a committed round has registered it.
+    pub fn id_of(&self, eip: &IpAddr) -> Option<u32> {
+        self.ids.get(eip).copied()
+    }
+
+    /// The id the next new EIP gets.
+    pub fn next_id(&self) -> u32 {
+        self.ids.len() as u32 + 1
+    }
+}
+
+/// Every row of a two-column query.
+pub(super) fn pair_rows<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+    conn: &Connection,
+    query: &str,
+    op: &'static str,
+) -> Result<Vec<(A, B)>, StoreError> {
+    let mut stmt = conn.prepare(query).map_err(sql(op))?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql(op))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(op))
+}
+
+pub(super) fn parse_eip(s: &str) -> Result<IpAddr, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt {
+        what: "address",
+        eip: s.to_owned(),
+        detail: "not an IP address".into(),
+    })
+}

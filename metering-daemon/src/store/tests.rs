@@ -1,0 +1,300 @@
+use std::path::Path;
+
+use metering_common::{DirectionCounters, TrafficCounters};
+
+use super::*;
+
+use crate::{billing::series::SeriesOptions, sampling::Sampler};
+
+const T0: i64 = 1_793_462_400; // 2026-11-01T00:00:00+08:00
+
+fn counters(i: u64, o: u64) -> TrafficCounters {
+    TrafficCounters {
+        inbound: DirectionCounters {
+            bytes: i,
+            packets: 0,
+        },
+        outbound: DirectionCounters {
+            bytes: o,
+            packets: 0,
+        },
+    }
+}
+
+fn sampler(path: &Path) -> Sampler {
+    let cal = Calendar::new("Asia/Shanghai", 300).unwrap();
+    Sampler::open(
+        cal,
+        SeriesOptions::default(),
+        "r1".into(),
+        Store::open(path).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_reopened_store_continues_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eip: IpAddr = "203.0.113.10".parse().unwrap();
+    {
+        let mut s = sampler(&db);
+        s.eip_added(eip, T0);
+        s.round(T0 + 300, &[(eip, counters(1000, 10))]).unwrap();
+        s.round(T0 + 600, &[(eip, counters(3000, 30))]).unwrap();
+        // A replayed round is a no-op.
+        assert_eq!(
+            s.round(T0 + 600, &[(eip, counters(3000, 30))])
+                .unwrap()
+                .samples,
+            0
+        );
+    } // "crash": dropped without checkpoint_all
+    let mut s = sampler(&db);
+    // Down for two intervals; the kernel kept counting.
+    s.round(T0 + 1500, &[(eip, counters(9000, 90))]).unwrap();
+    let (n, i, o) = s.store().sample_totals(eip).unwrap();
+    assert_eq!((n, i, o), (5, 9000, 90));
+    let mut csv = Vec::new();
+    assert_eq!(s.store().export_samples(&mut csv).unwrap(), 5);
+    assert!(String::from_utf8(csv).unwrap().starts_with("eip,interval_start,bytes_in,bytes_out,host,state\n203.0.113.10,2026-10-31T16:00:00+00:00,1000,10,r1,partial\n"));
+}
+
+#[test]
+fn files_of_an_uncommitted_round_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eip: IpAddr = "203.0.113.10".parse().unwrap();
+    {
+        let mut s = sampler(&db);
+        s.eip_added(eip, T0);
+        s.round(T0 + 300, &[(eip, counters(1000, 10))]).unwrap();
+    }
+    // A crash between writing a round's files and committing it leaves these behind.
+    let rounds = dir.path().join("rounds");
+    std::fs::write(rounds.join("000000000007.samples"), b"junk").unwrap();
+    std::fs::write(rounds.join("000000000007.snapshot"), b"junk").unwrap();
+    let s = sampler(&db);
+    assert!(!rounds.join("000000000007.samples").exists());
+    assert!(!rounds.join("000000000007.snapshot").exists());
+    assert_eq!(s.store().sample_totals(eip).unwrap(), (1, 1000, 10));
+}
+
+#[test]
+fn a_restart_after_a_clean_shutdown_never_reuses_the_committed_snapshot_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eip: IpAddr = "203.0.113.10".parse().unwrap();
+    {
+        let mut s = sampler(&db);
+        s.eip_added(eip, T0);
+        s.round(T0 + 300, &[(eip, counters(1000, 10))]).unwrap();
+        s.checkpoint_all().unwrap(); // a commit with a snapshot and no samples
+    }
+    let store = Store::open(&db).unwrap();
+    let committed: i64 = store
+        .conn
+        .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    // The next round writes its files before committing: they must not be the committed ones.
+    assert!(
+        store.next_seq > committed,
+        "next {} <= committed {committed}",
+        store.next_seq
+    );
+    assert!(store.snapshot_file(committed).exists());
+}
+
+#[test]
+fn removing_an_eip_forgets_its_checkpoint_in_the_same_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (a, b): (IpAddr, IpAddr) = (
+        "203.0.113.10".parse().unwrap(),
+        "203.0.113.11".parse().unwrap(),
+    );
+    let mut s = sampler(&db);
+    s.eip_added(a, T0);
+    s.eip_added(b, T0);
+    s.round(T0 + 300, &[(a, counters(10, 1)), (b, counters(20, 2))])
+        .unwrap();
+    s.eip_removed(b, T0 + 400, &counters(50, 5)).unwrap();
+    let checkpoints: i64 = s
+        .store()
+        .conn
+        .query_row("SELECT COUNT(*) FROM checkpoint_refs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(checkpoints, 1);
+    assert_eq!(s.store().sample_totals(b).unwrap().1, 50);
+    drop(s);
+    assert_eq!(sampler(&db).store().load_snapshots().unwrap().len(), 1);
+}
+
+fn checkpoint_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("rounds"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".checkpoints"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn checkpoints_are_restored_from_files_and_unused_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (a, b): (IpAddr, IpAddr) = (
+        "203.0.113.10".parse().unwrap(),
+        "2001:db8::10".parse().unwrap(),
+    );
+    {
+        let mut s = sampler(&db);
+        s.eip_added(a, T0);
+        s.eip_added(b, T0);
+        // New series are checkpointed in their first round.
+        s.round(T0 + 300, &[(a, counters(10, 1)), (b, counters(20, 2))])
+            .unwrap();
+        assert_eq!(checkpoint_files(dir.path()), ["000000000001.checkpoints"]);
+        s.round(T0 + 600, &[(a, counters(30, 3)), (b, counters(60, 6))])
+            .unwrap();
+        // Both EIPs' latest checkpoints move to the shutdown's file; the first is unused.
+        s.checkpoint_all().unwrap();
+        assert_eq!(checkpoint_files(dir.path()), ["000000000003.checkpoints"]);
+    }
+    std::fs::write(
+        dir.path().join("rounds/000000000009.checkpoints"),
+        b"uncommitted",
+    )
+    .unwrap();
+    let store = Store::open(&db).unwrap();
+    assert_eq!(checkpoint_files(dir.path()), ["000000000003.checkpoints"]);
+    let cal = Calendar::new("Asia/Shanghai", 300).unwrap();
+    let mut series = store.load_series(cal).unwrap();
+    series.sort_by_key(|(eip, _)| *eip);
+    let restored: Vec<(IpAddr, Option<i64>)> = series
+        .iter()
+        .map(|(eip, s)| (*eip, s.last_start()))
+        .collect();
+    assert_eq!(restored, [(a, Some(T0 + 300)), (b, Some(T0 + 300))]);
+}
+
+#[test]
+fn json_checkpoint_rows_of_the_earlier_format_are_read_then_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eip: IpAddr = "203.0.113.10".parse().unwrap();
+    {
+        let mut s = sampler(&db);
+        s.eip_added(eip, T0);
+        s.round(T0 + 300, &[(eip, counters(10, 1))]).unwrap();
+    }
+    // Rewrite the store as the earlier format held it: the checkpoint as a JSON row.
+    let cal = Calendar::new("Asia/Shanghai", 300).unwrap();
+    let store = Store::open(&db).unwrap();
+    let (_, series) = store.load_series(cal).unwrap().pop().unwrap();
+    let json = serde_json::to_string(&series).unwrap();
+    store
+        .conn
+        .execute_batch("DELETE FROM checkpoint_refs; DELETE FROM checkpoint_files;")
+        .unwrap();
+    store
+        .conn
+        .execute(
+            "INSERT INTO checkpoints (eip, series) VALUES (1, ?1)",
+            [json],
+        )
+        .unwrap();
+    drop(store);
+
+    let mut s = sampler(&db);
+    s.round(T0 + 600, &[(eip, counters(30, 3))]).unwrap();
+    // The round continued the JSON-restored series (one more sample, none twice)...
+    assert_eq!(s.store().sample_totals(eip).unwrap(), (2, 30, 3));
+    s.checkpoint_all().unwrap();
+    // ...and its next checkpoint replaced the row.
+    let rows: i64 = s
+        .store()
+        .conn
+        .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    let (_, restored) = s.store().load_series(cal).unwrap().pop().unwrap();
+    assert_eq!(restored.last_start(), Some(T0 + 300));
+}
+
+#[test]
+fn settings_cannot_change_under_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    drop(sampler(&db));
+    let cal = Calendar::new("UTC", 300).unwrap();
+    let err = Sampler::open(
+        cal,
+        SeriesOptions::default(),
+        "r1".into(),
+        Store::open(&db).unwrap(),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string()
+            .contains("timezone = Asia/Shanghai, the config says UTC"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shared_bandwidths_survive_a_restart_and_their_closed_days_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (a, b): (IpAddr, IpAddr) = (
+        "203.0.113.1".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    );
+    let configure = |s: &mut Sampler| {
+        s.configure_groups(
+            &[("shared".into(), Some(300))],
+            &[(a, "shared".into()), (b, "shared".into())],
+            T0,
+        )
+    };
+    let open_day = |s: &Sampler| {
+        let g = s.groups().iter().next().unwrap();
+        g.series.open_figures().day.unwrap().1
+    };
+    let before = {
+        let mut s = sampler(&db);
+        configure(&mut s);
+        s.eip_added(a, T0);
+        s.eip_added(b, T0);
+        s.round(T0 + 300, &[(a, counters(100, 1)), (b, counters(50, 2))])
+            .unwrap();
+        s.round(T0 + 600, &[(a, counters(300, 1)), (b, counters(150, 2))])
+            .unwrap();
+        open_day(&s)
+    }; // "crash"
+    assert_eq!(
+        (before.samples, before.inbound_bytes, before.outbound_bytes),
+        (2, 450, 3)
+    );
+    let mut s = sampler(&db);
+    assert_eq!(open_day(&s), before, "restored exactly");
+    configure(&mut s);
+    // The next day: the group's first day closes and is stored with the round.
+    let next_day = T0 + 86_400;
+    s.round(
+        next_day + 300,
+        &[(a, counters(400, 1)), (b, counters(150, 2))],
+    )
+    .unwrap();
+    let days = s.store().closed_days("2026-11-01").unwrap();
+    let group_day = days
+        .iter()
+        .find(|f| f.subject == Subject::Group("shared".into()))
+        .expect("the group's day is stored");
+    assert_eq!(group_day.figures.inbound_bytes, 450);
+    assert_eq!(group_day.figures.max_bandwidth_mbps, Some(300));
+    assert!(days.iter().any(|f| f.subject == Subject::Eip(a)));
+}
