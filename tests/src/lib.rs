@@ -25,6 +25,9 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
+pub mod http;
+pub mod prometheus;
+pub mod sandbox;
 pub mod topology;
 pub mod traffic;
 pub use topology::{Topology, TopologyOptions};
@@ -556,6 +559,108 @@ impl CounterSnapshot {
     }
 }
 
+/// A file of the repository's `deploy/` directory.
+pub fn deploy_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+/// `binary validate` of `config` (text), run inside `ns`: whether it passed, and its stdout and
+/// stderr together.
+pub fn validate_in(ns: &Netns, binary: &Path, config: &str) -> Result<(bool, String)> {
+    let dir = std::env::temp_dir().join(unique_tag("v"));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("eip-meter.toml");
+    std::fs::write(&path, config)?;
+    let out = ns
+        .command(binary)?
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// `binary compute --timezone TZ --interval N` over an exported samples CSV; the figures.
+pub fn compute(
+    binary: &Path,
+    csv: &str,
+    timezone: &str,
+    interval: u32,
+) -> Result<serde_json::Value> {
+    let dir = std::env::temp_dir().join(unique_tag("c"));
+    std::fs::create_dir_all(&dir)?;
+    let export = dir.join("samples.csv");
+    std::fs::write(&export, csv)?;
+    let out = Command::new(binary)
+        .args(["compute", "--timezone", timezone, "--interval"])
+        .arg(interval.to_string())
+        .arg("--samples")
+        .arg(&export)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out?;
+    ensure!(
+        out.status.success(),
+        "compute: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Renders an SVG file as a PNG with headless Chromium (Debian's `chromium`), using `scratch`
+/// for its profile.
+pub fn render_svg(svg: &Path, png: &Path, scratch: &Path) -> Result<()> {
+    let profile = scratch.join(unique_tag("chromium"));
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,600",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", svg.display()))
+        .output()
+        .context("chromium (Debian package, installed by cargo xtask setup)");
+    let _ = std::fs::remove_dir_all(&profile);
+    let out = out?;
+    ensure!(
+        out.status.success() && png.exists(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The daemon's default metrics address (inside the namespace it runs in).
+pub const METRICS_ADDR: &str = "127.0.0.1:10317";
+
+/// The value of an unlabelled or fully labelled sample in a text exposition (`name{labels}`
+/// exactly as written), if present.
+pub fn exposition_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
 /// The `eip-meter` binary running in a namespace, with its config and log in a temp dir.
 pub struct Daemon {
     binary: PathBuf,
@@ -652,6 +757,11 @@ impl Daemon {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["fields"]["message"] == message)
             .collect()
+    }
+
+    /// `GET /metrics` from this daemon (default metrics address, inside `ns`).
+    pub fn scrape(&self, ns: &Netns) -> Result<http::Response> {
+        http::get(ns, METRICS_ADDR.parse()?, "/metrics")
     }
 
     /// `eip-meter samples` of this daemon's store, parsed.

@@ -26,7 +26,14 @@ fn validate_accepts_a_good_config() {
         write_config("[dataplane]\ninterfaces = [\"lo\"]\n[[eip]]\naddress = \"203.0.113.10\"\n");
     let (ok, stdout, _) = eip_meter(&["validate", "--config", f.path().to_str().unwrap()]);
     assert!(ok);
-    assert!(stdout.contains("OK (1 EIPs, interfaces lo"), "{stdout}");
+    assert!(
+        stdout.contains("OK (1 EIPs, 0 shared bandwidths, interfaces lo"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("metrics on http://127.0.0.1:10317/metrics"),
+        "{stdout}"
+    );
 }
 
 #[test]

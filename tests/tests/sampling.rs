@@ -111,27 +111,7 @@ fn kill_9_and_restart_under_traffic_loses_no_byte_and_writes_no_sample_twice() {
     assert!(log.contains("sampler state restored"));
 
     // The auditor's path: the exported samples recompute to the same totals.
-    let export = std::env::temp_dir().join(format!("{}-samples.csv", topo.router.name()));
-    std::fs::write(&export, &csv).unwrap();
-    let out = std::process::Command::new(binary())
-        .args([
-            "compute",
-            "--timezone",
-            "UTC",
-            "--interval",
-            "1",
-            "--samples",
-        ])
-        .arg(&export)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&export);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = eip_meter_tests::compute(binary(), &csv, "UTC", 1).unwrap();
     let months = v["eips"][eip.to_string()]["months"].as_object().unwrap();
     let month_in: u64 = months
         .values()

@@ -293,20 +293,9 @@ fn an_uplink_missing_at_start_is_attached_when_it_appears() {
     let config = topo.config_with(&[eip], "", FAST_ROUNDS);
 
     // `validate` still reports it...
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("eip-meter.toml");
-    std::fs::write(&path, &config).unwrap();
-    let out = topo
-        .router
-        .command(binary())
-        .unwrap()
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("up0"), "{stderr}");
+    let (ok, out) = eip_meter_tests::validate_in(&topo.router, binary(), &config).unwrap();
+    assert!(!ok);
+    assert!(out.contains("interface `up0` does not exist"), "{out}");
 
     // ... but `run` warns and goes on.
     let daemon = Daemon::start(binary(), &topo.router, &config, &[eip]).unwrap();

@@ -28,7 +28,8 @@ enum Task {
     /// own LLVM.
     Setup,
     /// Set up, build, and run the daemon on a namespace topology with 3 EIPs and real traffic;
-    /// print its counters next to what was sent, then clean up. Needs root.
+    /// print its counters next to what was sent, its samples, /metrics, the report, and write
+    /// a chart to target/demo/chart.svg (and .png); then clean up. Needs root.
     Demo,
     /// Set up and run every test: unit, property and network-namespace integration tests.
     /// Needs root; the eBPF and namespace tests are never skipped.
@@ -38,13 +39,28 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
-    /// prints tables and writes target/bench/sampler.json and target/bench/dataplane.json.
+    /// prints tables and writes target/bench/{sampler,dataplane,metrics}.json.
     /// Needs root.
-    Bench,
+    Bench {
+        /// Run only this one: sampler, dataplane or metrics.
+        only: Option<String>,
+    },
 }
 
 /// Debian packages the tests and the demo use.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iperf3", "iputils-ping", "procps", "bpftool"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iperf3",
+    "iputils-ping",
+    "procps",
+    "bpftool",
+    // promtool and a real Prometheus for the metrics tests
+    "prometheus",
+    // systemd-analyze for the unit tests
+    "systemd",
+    // renders the demo's and the tests' charts
+    "chromium",
+];
 
 /// bpf-linker release known to work with the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -60,9 +76,9 @@ fn main() -> Result<()> {
             setup()?;
             test(&args)
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             setup()?;
-            bench()
+            bench(only.as_deref())
         }
     }
 }
@@ -278,7 +294,7 @@ fn test(args: &[String]) -> Result<()> {
         .args(args))
 }
 
-fn bench() -> Result<()> {
+fn bench(only: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks create eBPF maps: run them as root");
     }
@@ -286,7 +302,11 @@ fn bench() -> Result<()> {
     for (bin, out) in [
         ("eip-meter-bench", "sampler.json"),
         ("eip-meter-dataplane-bench", "dataplane.json"),
+        ("eip-meter-metrics-bench", "metrics.json"),
     ] {
+        if only.is_some_and(|o| !out.starts_with(o)) {
+            continue;
+        }
         run(cargo()
             .args([
                 "run",
@@ -325,5 +345,6 @@ fn demo() -> Result<()> {
             "eip-meter-demo",
             "--",
         ])
-        .arg(&daemon))
+        .arg(&daemon)
+        .arg(target_dir().join("demo")))
 }

@@ -48,13 +48,15 @@ pub enum DaemonError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot create state directory {path}: {source}")]
+    #[error(
+        "state directory {path} is not writable (under systemd, the unit needs StateDirectory= or ReadWritePaths= for it)"
+    )]
     StateDir {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error(
-        "metrics.listen {addr}: {source} (choose another address, or set metrics.enabled = false)"
+        "metrics.listen {addr}: cannot listen there (choose another address, or set metrics.enabled = false)"
     )]
     MetricsListen {
         addr: SocketAddr,
@@ -108,10 +110,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let state_dir = config.sampler.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+    // A state directory that cannot be written (ProtectSystem=strict without StateDirectory=)
+    // would otherwise surface as an obscure SQLite error.
+    let probe = state_dir.join(".writable");
+    std::fs::create_dir_all(&state_dir)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|source| DaemonError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
     // Bound first: an address in use is a clear error before anything is loaded.
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;

@@ -6,9 +6,13 @@
 //! * [`tally`]: what the daemon accumulates between rounds for the metrics (pure).
 //! * [`server`]: `/metrics` over HTTP.
 //! * [`counters`]: `eip-meter counters` tables and JSON.
+//! * [`report`]: `eip-meter report`, the figures of a day or month per EIP and group.
+//! * [`plot`]: `eip-meter plot`, an EIP's samples and figures as an SVG chart.
 
 pub mod aggregates;
 pub mod counters;
+pub mod plot;
+pub mod report;
 pub mod series;
 pub mod server;
 pub mod state;

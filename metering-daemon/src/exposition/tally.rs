@@ -269,25 +269,38 @@ impl Tally {
     }
 
     fn series(&mut self, facts: &RoundFacts<'_>, sampler: &Sampler) {
-        let mut counters: HashMap<IpAddr, (TrafficCounters, DropCounters)> = facts
-            .readings
-            .iter()
-            .zip(facts.drops)
-            .map(|((eip, c), d)| (*eip, (*c, *d)))
-            .collect();
+        // After a round the sampler's EIPs are in the order of the readings: walk both together
+        // (no map of 100,000 entries per round), and look up only when they part.
+        let mut by_eip: Option<HashMap<IpAddr, usize>> = None;
         let mut group_counters: HashMap<&str, ([u64; 2], [u64; 2])> = HashMap::new();
         let mut eips = Vec::with_capacity(facts.readings.len());
-        for view in sampler.eips() {
-            let Some((c, d)) = counters.remove(&view.eip) else {
-                continue; // not in the inventory any more
+        for (position, view) in sampler.eips().enumerate() {
+            let i = match facts.readings.get(position) {
+                Some((eip, _)) if *eip == view.eip => position,
+                _ => {
+                    let map = by_eip.get_or_insert_with(|| {
+                        facts
+                            .readings
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (eip, _))| (*eip, i))
+                            .collect()
+                    });
+                    match map.get(&view.eip) {
+                        Some(&i) => i,
+                        None => continue, // not in the inventory any more
+                    }
+                }
             };
+            let c = &facts.readings[i].1;
+            let d = facts.drops.get(i).copied().unwrap_or_default();
             let bytes = [c.inbound.bytes, c.outbound.bytes];
             let dropped = [dropped_bytes(&d.inbound), dropped_bytes(&d.outbound)];
             if let Some(group) = sampler.groups().group_of(&view.eip) {
                 let g = group_counters.entry(group).or_default();
-                for i in 0..2 {
-                    g.0[i] += bytes[i];
-                    g.1[i] += dropped[i];
+                for k in 0..2 {
+                    g.0[k] += bytes[k];
+                    g.1[k] += dropped[k];
                 }
             }
             eips.push(row(view.eip.to_string(), bytes, dropped, view.series));

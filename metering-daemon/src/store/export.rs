@@ -34,6 +34,35 @@ impl Store {
         Ok(n)
     }
 
+    /// The samples of `eip` whose interval starts in `[from, to)`, in time order. Reads every
+    /// round committed after `from` (a round can hold a late, spread sample of an earlier
+    /// interval).
+    pub fn samples_of(&self, eip: IpAddr, from: i64, to: i64) -> Result<Vec<Sample>, StoreError> {
+        let Some(&id) = self.ids.get(&eip) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, bytes, boundary FROM rounds WHERE boundary > ?1 ORDER BY seq")
+            .map_err(sql("read samples"))?;
+        let rounds: Vec<(i64, i64, i64)> = stmt
+            .query_map([from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql("read samples"))?
+            .collect::<Result<_, _>>()
+            .map_err(sql("read samples"))?;
+        let mut out = Vec::new();
+        for (seq, bytes, boundary) in rounds {
+            let blob = read_records(&self.samples_file(seq), bytes)?;
+            out.extend(
+                decode_samples(&blob, boundary)
+                    .filter(|(i, s)| *i == id && (from..to).contains(&s.start))
+                    .map(|(_, s)| s),
+            );
+        }
+        out.sort_by_key(|s| s.start);
+        Ok(out)
+    }
+
     fn for_each_sample(
         &self,
         mut f: impl FnMut(IpAddr, &Sample, &str) -> Result<(), StoreError>,

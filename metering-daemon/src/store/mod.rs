@@ -143,7 +143,18 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens the store as its owner (the daemon): files a crashed round left behind are removed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens the store to read it while a daemon may be writing it (`samples`, `report`,
+    /// `plot`): nothing is removed, since a file without its row may be a round being committed.
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, owner: bool) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -199,7 +210,7 @@ impl Store {
             .map_err(open_err)?;
         // Files no committed row refers to were written by a round that crashed before its
         // commit: remove them.
-        for entry in std::fs::read_dir(&files)?.flatten() {
+        for entry in std::fs::read_dir(&files)?.flatten().filter(|_| owner) {
             let name = entry.file_name().to_string_lossy().into_owned();
             let orphan = match name.split_once('.') {
                 Some((seq, "samples")) => seq.parse::<i64>().map_or(true, |s| s >= next_seq),

@@ -1,6 +1,9 @@
 //! `cargo xtask demo`: the daemon on a namespace topology with 3 EIPs and real traffic.
 //!
-//! Usage: eip-meter-demo PATH-TO-EIP-METER
+//! Usage: eip-meter-demo PATH-TO-EIP-METER [OUTPUT-DIR]
+//!
+//! OUTPUT-DIR (default `target/demo`) receives the chart of the first EIP (`chart.svg`, and
+//! `chart.png` when Chromium is installed).
 
 use std::{net::SocketAddr, path::PathBuf, process::Command};
 
@@ -17,6 +20,13 @@ fn main() -> Result<()> {
             .nth(1)
             .context("usage: eip-meter-demo PATH-TO-EIP-METER")?,
     );
+    let out_dir = PathBuf::from(
+        std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| "target/demo".to_owned()),
+    );
+    std::fs::create_dir_all(&out_dir)?;
+    let out_dir = out_dir.canonicalize()?;
     let eips = [eip_v4(10), eip_v4(11), eip_v6(10)];
     let idle_non_eip = eip_v4(99);
 
@@ -101,6 +111,21 @@ fn main() -> Result<()> {
         mixed_sizes(10, false),
     )?;
     println!("  {idle_non_eip:<16} UDP: 10 datagrams out from an address that is not an EIP");
+    // A load that changes from interval to interval, so the chart has a shape and the day an
+    // enhanced-95 peak (its 5th highest sample).
+    let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(bulk_eip, 0))?;
+    let inet = Topology::internet_addr(bulk_eip, 0).ip();
+    let mut varied = 0;
+    for step in [3usize, 6, 10, 7, 12, 4, 9, 2] {
+        let started = std::time::Instant::now();
+        varied += send_udp(&topo.internet, inet, sink.addr, vec![1400; 300 * step])?;
+        std::thread::sleep(
+            std::time::Duration::from_millis(2000).saturating_sub(started.elapsed()),
+        );
+    }
+    println!(
+        "  {bulk_eip:<16} UDP: {varied} IP bytes in, in 8 bursts of different sizes 2 s apart"
+    );
 
     println!("\n== eip-meter counters");
     let out = Command::new(&binary)
@@ -113,9 +138,13 @@ fn main() -> Result<()> {
     let snapshot = daemon.counters()?;
     for (eip, inbound, outbound) in expected {
         let c = snapshot.eip(eip);
-        let tcp_note = if eip == bulk_eip { " (+ TCP)" } else { "" };
+        let tcp_note = if eip == bulk_eip {
+            " (+ TCP, bursts)"
+        } else {
+            ""
+        };
         let ok = if eip == bulk_eip {
-            c.inbound_bytes >= inbound && c.outbound_bytes > outbound + 20_000_000
+            c.inbound_bytes >= inbound + varied && c.outbound_bytes > outbound + 20_000_000
         } else {
             c.inbound_bytes == inbound && c.outbound_bytes == outbound
         };
@@ -175,6 +204,81 @@ fn main() -> Result<()> {
                 n("p95_bps")
             );
         }
+    }
+
+    println!("\n== /metrics (what Prometheus scrapes; an excerpt)");
+    let scrape = daemon.scrape(&topo.router)?;
+    let first = eips[0].to_string();
+    for line in scrape.body.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("eip_meter_build_info")
+                || l.starts_with("eip_meter_traffic_bytes_total")
+                || l.starts_with("eip_meter_non_eip_bytes_total")
+                || l.starts_with("eip_meter_eips{")
+                || l.starts_with("eip_meter_rounds_total")
+                || l.starts_with("eip_meter_last_round_duration_seconds")
+                || l.starts_with("eip_meter_samples_total")
+                || l.starts_with("eip_meter_uplink_attached")
+                || l.contains(&format!("eip=\"{first}\"")))
+    }) {
+        println!("  {line}");
+    }
+    println!(
+        "  ... {} lines, {} bytes in all",
+        scrape.body.lines().count(),
+        scrape.body.len()
+    );
+    if let Ok(mut check) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(scrape.body.as_bytes())?;
+        let out = check.wait_with_output()?;
+        println!(
+            "  promtool check metrics: {}",
+            if out.status.success() {
+                "OK".to_owned()
+            } else {
+                String::from_utf8_lossy(&out.stderr).into_owned()
+            }
+        );
+    }
+
+    println!("\n== eip-meter report (today's and this month's figures from the store)");
+    for line in daemon.subcommand(&["report"])?.lines() {
+        println!("  {line}");
+    }
+
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).context("offset")?)
+        .format("%Y-%m-%d")
+        .to_string();
+    let svg = out_dir.join("chart.svg");
+    println!("\n== eip-meter plot --eip {first} --day {today}");
+    let out = daemon.subcommand(&[
+        "plot",
+        "--eip",
+        &first,
+        "--day",
+        &today,
+        "--fit",
+        "-o",
+        &svg.display().to_string(),
+    ])?;
+    print!("  {out}");
+    let png = out_dir.join("chart.png");
+    let rendered = eip_meter_tests::render_svg(&svg, &png, &out_dir);
+    match rendered {
+        Ok(()) => println!("  chart: {} (rendered: {})", svg.display(), png.display()),
+        Err(e) => println!("  chart: {} (not rendered: {e})", svg.display()),
     }
 
     println!("\n== Daemon log (sampling rounds summarized)");

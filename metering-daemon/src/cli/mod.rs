@@ -1,0 +1,166 @@
+//! The `eip-meter` command line. The only place that reads signals, prints for people, and
+//! uses `anyhow`.
+//!
+//! * `run.rs`: `run` and `validate`.
+//! * `status.rs`: `counters`, from the pinned maps of a running (or kept) daemon.
+//! * `inventory.rs`: `eip` and `group`, live edits of the config file.
+//! * `offline.rs`: `samples`, `compute`, `report`, `plot`: the store and the billing figures,
+//!   without a daemon.
+
+mod inventory;
+mod offline;
+mod run;
+mod status;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::error;
+
+use crate::config::{Config, ConfigError, HostCheck};
+
+/// Meter the traffic of cloud Elastic IPs with eBPF.
+///
+/// `run` loads TC programs onto the uplink interfaces named in the config, provisions the EIPs
+/// listed there and counts every EIP's inbound (towards the EIP) and outbound (from the EIP)
+/// IP-layer bytes and packets, samples them every interval into a local store, and serves the
+/// figures to Prometheus. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+#[derive(Debug, Parser)]
+#[command(name = "eip-meter", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file, for every command that reads one.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Config file (TOML).
+    #[arg(long, short, env = "EIP_METER_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon. SIGHUP re-reads the config and applies the EIP inventory; SIGTERM or
+    /// SIGINT stops it (detaching, or leaving the pins, as `dataplane.on_exit` says).
+    Run(ConfigArg),
+    /// Check a config file without applying anything; every problem is listed with its line
+    /// (including uplinks that do not exist here and a metrics address in use).
+    /// Exit code 0 when valid, 1 when not.
+    Validate(ConfigArg),
+    /// Print every EIP's counters from the pinned maps of a running (or kept) daemon, after
+    /// each uplink's attachment state.
+    Counters(status::CountersArgs),
+    /// Add, resize, block, unblock, move between groups or remove one EIP, live.
+    ///
+    /// Edits the config file (comments kept), validates the whole result (nothing is written if
+    /// it is invalid), replaces the file atomically, sends the running daemon SIGHUP and waits
+    /// until the kernel maps show the change. The file stays the source of truth, so a restart
+    /// or a later reload keeps the change.
+    Eip {
+        #[command(subcommand)]
+        action: inventory::EipAction,
+    },
+    /// Add, resize or remove a shared bandwidth (a group of EIPs under one cap), live.
+    Group {
+        #[command(subcommand)]
+        action: inventory::GroupAction,
+    },
+    /// Export the raw samples of the sample store as CSV (the input of `compute`), for audits.
+    Samples(ConfigArg),
+    /// Print the billing figures of the local store for a day or a month: closed days and
+    /// months as stored, the open ones as they stand, per EIP and shared bandwidth, with the
+    /// uplinks' state and the metering gaps. Needs no running daemon.
+    Report(offline::ReportArgs),
+    /// Draw one EIP's samples of a day or a month as an SVG chart, with its enhanced-95 daily
+    /// peaks, the classic 95th, the monthly average peak and its cap.
+    Plot(offline::PlotArgs),
+    /// Recompute billing figures offline from raw 5-minute samples and print them as JSON.
+    ///
+    /// SAMPLES rows: `eip,interval_start,bytes_in,bytes_out[,host[,state]]` after a header
+    /// line, with `interval_start` in RFC 3339 with an offset and `state` `measured` (default)
+    /// or `partial`. Rows of one EIP and interval from different hosts are summed first. Any
+    /// bad row (unaligned start, duplicate host, negative or non-numeric count, malformed
+    /// address) is reported with its line and nothing is printed on stdout; the exit code is
+    /// then 1.
+    Compute(offline::ComputeArgs),
+}
+
+/// Entry point of the `eip-meter` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, each cause once: many messages already name their source, and
+/// repeating it would only bury the point.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: &Path, host: &dyn HostCheck) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Config::parse(&text, host).map_err(|problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::run(&args.config),
+        Command::Validate(args) => Ok(run::validate(&args.config)),
+        Command::Counters(args) => status::counters(&args),
+        Command::Eip { action } => inventory::eip(action),
+        Command::Group { action } => inventory::group(action),
+        Command::Samples(args) => offline::samples(&args.config),
+        Command::Report(args) => offline::report(&args),
+        Command::Plot(args) => offline::plot(&args),
+        Command::Compute(args) => offline::compute(args),
+    }
+}

@@ -1,0 +1,310 @@
+//! Commands that read the local store or sample files, without a daemon: `samples`,
+//! `compute`, `report`, `plot`.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use chrono::NaiveDate;
+use clap::ValueEnum;
+use tracing::info;
+
+use super::load_config;
+use crate::{
+    billing::calendar::{Calendar, Month},
+    config::{AnyInterface, Config},
+    exposition::{
+        plot::{self, ChartInput, ChartPeriod},
+        report::{Inputs, Period, Report},
+    },
+    policy::{self, Caps},
+    store::{Store, Subject},
+};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum RuleArg {
+    /// The larger of inbound and outbound.
+    Max,
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum GbArg {
+    Decimal,
+    Binary,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ComputeArgs {
+    /// Samples CSV (`-` for stdin).
+    #[arg(long)]
+    samples: PathBuf,
+    /// IANA time zone whose days and months bill.
+    #[arg(long, default_value = crate::billing::calendar::DEFAULT_TIMEZONE)]
+    timezone: String,
+    /// Interval length in seconds (must divide a day).
+    #[arg(long, default_value_t = crate::billing::calendar::DEFAULT_INTERVAL_SECONDS)]
+    interval: u32,
+    /// Bandwidth history CSV: `eip,effective_from,bandwidth_mbps`. Enables the enhanced-95
+    /// baseline and billed peak.
+    #[arg(long)]
+    bandwidth_history: Option<PathBuf>,
+    /// Shared bandwidths CSV: `eip,group`. Adds a `groups` section whose figures come from
+    /// the group's EIPs summed per interval; a group's bandwidth history rows use the group
+    /// name in the `eip` column.
+    #[arg(long)]
+    groups: Option<PathBuf>,
+    /// Which direction makes an interval's billing sample.
+    #[arg(long, value_enum, default_value_t = RuleArg::Max)]
+    sample_rule: RuleArg,
+    /// GB of the outbound figures: 10^9 (decimal) or 2^30 (binary) bytes.
+    #[arg(long, value_enum, default_value_t = GbArg::Decimal)]
+    gb_unit: GbArg,
+}
+
+/// A day or a month of the billing zone.
+#[derive(Debug, clap::Args)]
+#[group(multiple = false)]
+pub(super) struct PeriodArgs {
+    /// One day, YYYY-MM-DD, in the configured time zone.
+    #[arg(long)]
+    day: Option<NaiveDate>,
+    /// One month, YYYY-MM (default: the current month).
+    #[arg(long, value_parser = parse_month)]
+    month: Option<Month>,
+}
+
+fn parse_month(s: &str) -> Result<Month, String> {
+    NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d")
+        .map(Month::of)
+        .map_err(|_| format!("`{s}` is not a month (YYYY-MM)"))
+}
+
+impl PeriodArgs {
+    /// The period asked for, or the current month of the calendar.
+    fn resolve(&self, calendar: &Calendar) -> ChartPeriod {
+        match (self.day, self.month) {
+            (Some(d), _) => ChartPeriod::Day(d),
+            (_, Some(m)) => ChartPeriod::Month(m),
+            _ => ChartPeriod::Month(Month::of(calendar.day_of(chrono::Utc::now().timestamp()))),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ReportArgs {
+    #[arg(long, short, env = "EIP_METER_CONFIG")]
+    config: PathBuf,
+    /// Only this EIP.
+    #[arg(long, conflicts_with = "group")]
+    eip: Option<IpAddr>,
+    /// Only this shared bandwidth.
+    #[arg(long)]
+    group: Option<String>,
+    #[command(flatten)]
+    period: PeriodArgs,
+    /// Print JSON (exact integers) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct PlotArgs {
+    #[arg(long, short, env = "EIP_METER_CONFIG")]
+    config: PathBuf,
+    /// The EIP to draw.
+    #[arg(long)]
+    eip: IpAddr,
+    #[command(flatten)]
+    period: PeriodArgs,
+    /// Where to write the SVG.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Zoom the time axis to the samples instead of the whole day or month.
+    #[arg(long)]
+    fit: bool,
+}
+
+/// The store of a config, opened for reading beside a running daemon.
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let path = config.sampler.store_path();
+    anyhow::ensure!(path.exists(), "no sample store at {}", path.display());
+    Ok(Store::open_reader(&path)?)
+}
+
+pub(super) fn samples(config: &Path) -> anyhow::Result<ExitCode> {
+    let c = load_config(config, &AnyInterface)?;
+    let store = open_store(&c)?;
+    let stdout = std::io::stdout();
+    let n = store.export_samples(std::io::BufWriter::new(stdout.lock()))?;
+    info!(samples = n, store = %c.sampler.store_path().display(), "exported");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let c = load_config(&args.config, &AnyInterface)?;
+    let calendar = c.sampler.calendar();
+    let store = open_store(&c)?;
+    let (period, (from, to)) = match args.period.resolve(&calendar) {
+        ChartPeriod::Day(d) => (Period::Day(d.to_string()), calendar.day_bounds(d)),
+        ChartPeriod::Month(m) => (Period::Month(m.to_string()), calendar.month_bounds(m)),
+    };
+    let prefix = match &period {
+        Period::Day(d) | Period::Month(d) => d.clone(),
+    };
+    let mut open = Vec::new();
+    for (eip, series) in store.load_series(calendar)? {
+        open.push((Subject::Eip(eip), series.open_figures()));
+    }
+    for (name, series) in store.load_groups(calendar)? {
+        open.push((Subject::Group(name), series.open_figures()));
+    }
+    let (uplinks, uplinks_checked_at) = super::status::uplink_rows(&c);
+    let gaps = store
+        .gaps_after(from as f64)?
+        .into_iter()
+        .filter(|g| g.from < to as f64)
+        .collect();
+    let only = match (&args.eip, &args.group) {
+        (Some(a), _) => Some(Subject::Eip(crate::addr::normalize(*a))),
+        (_, Some(g)) => Some(Subject::Group(g.clone())),
+        _ => None,
+    };
+    let report = Report::build(Inputs {
+        timezone: calendar.timezone().to_owned(),
+        interval_seconds: calendar.interval(),
+        closed_days: store.closed_days(&prefix)?,
+        closed_months: match &period {
+            Period::Month(m) => store.closed_months(m)?,
+            Period::Day(_) => Vec::new(),
+        },
+        period,
+        only,
+        open,
+        uplinks,
+        uplinks_checked_at,
+        gaps,
+    });
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn plot(args: &PlotArgs) -> anyhow::Result<ExitCode> {
+    let c = load_config(&args.config, &AnyInterface)?;
+    let calendar = c.sampler.calendar();
+    let store = open_store(&c)?;
+    let eip = crate::addr::normalize(args.eip);
+    let period = args.period.resolve(&calendar);
+    let ((from, to), name) = match period {
+        ChartPeriod::Day(d) => (calendar.day_bounds(d), d.to_string()),
+        ChartPeriod::Month(m) => (calendar.month_bounds(m), m.to_string()),
+    };
+    let samples = store.samples_of(eip, from, to)?;
+    anyhow::ensure!(
+        !samples.is_empty(),
+        "the store has no sample of {eip} in {name} ({})",
+        calendar.timezone()
+    );
+    // This router's cap and the purchased bandwidth, as the config says now.
+    let desired = policy::desired(&c);
+    let pair = desired
+        .eips
+        .iter()
+        .find(|(a, _)| *a == eip)
+        .and_then(|(_, plan)| match &plan.caps {
+            Caps::Own(p) => Some(*p),
+            Caps::Group(g) => desired.groups.iter().find(|(n, _)| n == g).map(|(_, p)| *p),
+            Caps::None => None,
+        })
+        .unwrap_or_default();
+    let entry = c.eips.iter().find(|e| e.address == eip);
+    let purchased = entry.and_then(|e| match &e.group {
+        Some(g) => c
+            .groups
+            .iter()
+            .find(|x| x.name == *g)
+            .map(|x| x.bandwidth_mbps),
+        None => e.bandwidth_mbps,
+    });
+    let title = format!("EIP {eip}, {name} ({})", calendar.timezone());
+    let (svg, figures) = plot::draw(&ChartInput {
+        title: &title,
+        calendar,
+        rule: c.sampler.sample_rule,
+        period,
+        samples: &samples,
+        cap_bps: [pair.inbound.rate_bps, pair.outbound.rate_bps],
+        purchased_mbps: purchased,
+        fit: args.fit,
+    })?;
+    std::fs::write(&args.output, svg)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "{}: {} samples of {eip} in {name}; daily enhanced peaks {:?} Mbit/s; classic 95th {} bit/s{}",
+        args.output.display(),
+        samples.len(),
+        figures.daily_peaks.iter().map(|d| d.2).collect::<Vec<_>>(),
+        figures.p95_bps.unwrap_or(0),
+        figures.average_peak_mbps.map_or(String::new(), |a| format!(
+            "; average monthly peak {a} Mbit/s"
+        ))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Box::new(std::io::BufReader::new(file)))
+}
+
+pub(super) fn compute(args: ComputeArgs) -> anyhow::Result<ExitCode> {
+    use crate::billing::{GbUnit, SampleRule, calendar::Calendar, replay, series::SeriesOptions};
+    let ComputeArgs {
+        samples,
+        timezone,
+        interval,
+        bandwidth_history,
+        groups,
+        sample_rule: rule,
+        gb_unit,
+    } = args;
+    let calendar = Calendar::new(&timezone, interval)?;
+    let options = SeriesOptions {
+        rule: match rule {
+            RuleArg::Max => SampleRule::Max,
+            RuleArg::Inbound => SampleRule::Inbound,
+            RuleArg::Outbound => SampleRule::Outbound,
+        },
+        gb_unit: match gb_unit {
+            GbArg::Decimal => GbUnit::Decimal,
+            GbArg::Binary => GbUnit::Binary,
+        },
+    };
+    let history = bandwidth_history.as_deref().map(open_input).transpose()?;
+    let groups = groups.as_deref().map(open_input).transpose()?;
+    match replay::compute_with_groups(open_input(&samples)?, history, groups, calendar, options) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("{} problem(s); no figures computed", errors.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The shipped `deploy/` files work as they are: the Prometheus rules pass `promtool check`
+//! and their unit tests, the example scrape config is valid, the systemd unit passes
+//! `systemd-analyze verify` with a known exposure score, and the unit's `ExecStartPre` and
+//! `ExecStart` run under the sandbox it declares.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use eip_meter_tests::{
+    METRICS_ADDR, UdpSink, deploy_file, http, mixed_sizes, require_root, run_cmd,
+    sandbox::{Sandbox, Unit},
+    send_udp,
+    topology::{Topology, TopologyOptions, UPLINK, eip_v4},
+    unique_tag, wait_until,
+};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_eip-meter-under-test"))
+}
+
+/// The exposure score `systemd-analyze security` gives the shipped unit (README states it).
+const EXPOSURE: &str = "4.2 OK";
+
+fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed by cargo xtask setup)"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn promtool_accepts_the_rules_their_unit_tests_and_the_example_config() {
+    let dir = deploy_file("prometheus");
+    for args in [
+        vec!["check", "rules", "eip-meter.rules.yml"],
+        vec!["test", "rules", "eip-meter.rules.test.yml"],
+        vec!["check", "config", "prometheus.yml"],
+    ] {
+        let (ok, out) = output(Command::new("promtool").args(&args).current_dir(&dir));
+        assert!(ok, "promtool {}: {out}", args.join(" "));
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
+
+/// The shipped unit with its executable paths pointed at this build (verify checks that the
+/// commands exist; nothing else is changed).
+fn unit_for_this_build() -> (tempfile::TempDir, PathBuf) {
+    let text = std::fs::read_to_string(deploy_file("eip-meter.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eip-meter.service");
+    std::fs::write(
+        &path,
+        text.replace("/usr/local/bin/eip-meter", &binary().display().to_string()),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+#[test]
+fn systemd_analyze_verifies_the_unit_and_scores_its_exposure() {
+    let (_dir, unit) = unit_for_this_build();
+    let (ok, out) = output(Command::new("systemd-analyze").arg("verify").arg(&unit));
+    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+    let (ok, out) = output(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&unit),
+    );
+    assert!(ok, "{out}");
+    let score = out
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for eip-meter.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    println!("systemd-analyze security: {score}");
+    assert!(
+        score.starts_with(EXPOSURE),
+        "exposure {score}, README says {EXPOSURE}"
+    );
+}
+
+/// Creates `path` for the test if it is missing, and removes it again (only then) on drop.
+struct MountPoint(PathBuf, bool);
+
+impl MountPoint {
+    fn ensure(path: &str) -> Self {
+        let p = PathBuf::from(path);
+        let created = !p.exists();
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p, created)
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+}
+
+/// The unit's own commands, run as it declares: `/usr/local/bin/eip-meter` with
+/// `EIP_METER_CONFIG=/etc/eip-meter/eip-meter.toml`, its state in `/var/lib/eip-meter`, inside
+/// the emulated sandbox (see `eip_meter_tests::sandbox`). Before `StateDirectory=` was added,
+/// `ProtectSystem=strict` left the store read-only and the daemon could not start: the same
+/// run without it must fail that way.
+#[test]
+fn the_unit_starts_under_the_sandbox_it_declares() {
+    require_root();
+    let unit_text = std::fs::read_to_string(deploy_file("eip-meter.service")).unwrap();
+    let unit = Unit::parse(&unit_text);
+    assert!(
+        unit.unclassified().is_empty(),
+        "directives the sandbox test does not classify: {:?}",
+        unit.unclassified()
+    );
+    assert_eq!(unit.one("StateDirectory"), Some("eip-meter"));
+
+    let eip = eip_v4(95);
+    let topo = Topology::new(&TopologyOptions {
+        tenant_addresses: vec![eip],
+        ipv6: false,
+    })
+    .unwrap();
+    // What an operator installs: the binary, a config (the default state_dir), the state dir.
+    let work = tempfile::tempdir().unwrap();
+    let bin_dir = work.path().join("bin");
+    let etc_dir = work.path().join("etc");
+    let state_dir = work.path().join("state");
+    for d in [&bin_dir, &etc_dir, &state_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(binary(), bin_dir.join("eip-meter")).unwrap();
+    let instance = unique_tag("unit");
+    std::fs::write(
+        etc_dir.join("eip-meter.toml"),
+        format!(
+            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{instance}\"\n\n[sampler]\ninterval_seconds = 2\ntimezone = \"UTC\"\nhost = \"router-a\"\n\n[[eip]]\naddress = \"{eip}\"\n"
+        ),
+    )
+    .unwrap();
+    let _var_lib = MountPoint::ensure("/var/lib/eip-meter");
+    let _etc = MountPoint::ensure("/etc/eip-meter");
+    let binds = [
+        (bin_dir.clone(), PathBuf::from("/usr/local/bin")),
+        (etc_dir.clone(), PathBuf::from("/etc/eip-meter")),
+    ];
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/eip-meter-test/v2/{instance}"));
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _pins = Cleanup(pin_dir.clone());
+
+    let command = |line: &str, with_state: bool| -> Command {
+        let mut words = line.split_whitespace();
+        let mut cmd = topo.router.command(words.next().unwrap()).unwrap();
+        cmd.args(words).env_clear().env("PATH", "/usr/bin:/bin");
+        for env in unit.values("Environment") {
+            let (k, v) = env.split_once('=').unwrap();
+            cmd.env(k, v);
+        }
+        let mut sandboxed = Unit::parse(&unit_text);
+        if !with_state {
+            sandboxed = Unit::parse(&unit_text.replace("StateDirectory=eip-meter\n", ""));
+        }
+        Sandbox::for_unit(&sandboxed, Some(&state_dir), &binds)
+            .unwrap()
+            .apply(&mut cmd);
+        cmd
+    };
+
+    // ExecStartPre: validate, as the unit runs it.
+    let pre = unit.one("ExecStartPre").unwrap();
+    let (ok, out) = output(&mut command(pre, true));
+    assert!(ok, "{pre}: {out}");
+    assert!(out.contains("OK"), "{out}");
+
+    // Without StateDirectory= the store is read-only: the bug this unit had.
+    let start = unit.one("ExecStart").unwrap();
+    let (ok, out) = output(&mut command(start, false));
+    assert!(!ok, "started without a writable state directory: {out}");
+    assert!(
+        out.contains("state directory /var/lib/eip-meter is not writable")
+            && out.contains("Read-only file system"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&pin_dir);
+
+    // With it, the daemon starts, meters, samples into /var/lib/eip-meter and serves /metrics.
+    let log_path = work.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = command(start, true)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ready = wait_until(Duration::from_secs(30), "ready", || {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("exited with {status}: {}", read_log());
+        }
+        Ok(read_log().contains(r#""message":"ready""#))
+    });
+    if let Err(e) = ready {
+        let _ = child.kill();
+        panic!("{e}");
+    }
+    let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(eip, 0)).unwrap();
+    let inet = Topology::internet_addr(eip, 0).ip();
+    let sent = send_udp(&topo.internet, inet, sink.addr, mixed_sizes(100, false)).unwrap();
+    let metered = wait_until(Duration::from_secs(10), "a round with the traffic", || {
+        let body = http::get(&topo.router, METRICS_ADDR.parse()?, "/metrics")?.body;
+        Ok(eip_meter_tests::exposition_value(
+            &body,
+            &format!("eip_meter_eip_bytes_total{{eip=\"{eip}\",direction=\"inbound\"}}"),
+        ) == Some(sent as f64))
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = child.wait().unwrap();
+    metered.unwrap_or_else(|e| panic!("{e}\n{}", read_log()));
+    assert!(status.success(), "clean exit on SIGTERM:\n{}", read_log());
+    assert!(
+        state_dir.join("samples.db").exists(),
+        "the store was written under /var/lib/eip-meter"
+    );
+    let files = run_cmd("ls", &[state_dir.join("rounds").to_str().unwrap()]).unwrap();
+    assert!(files.contains(".samples"), "{files}");
+}
