@@ -26,6 +26,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 
 pub mod http;
+pub mod postgres;
 pub mod prometheus;
 pub mod sandbox;
 pub mod topology;
@@ -597,16 +598,32 @@ pub fn compute(
     timezone: &str,
     interval: u32,
 ) -> Result<serde_json::Value> {
+    compute_with(binary, csv, timezone, interval, &[])
+}
+
+/// [`compute`] with more input files: `(option, contents)` such as `("--groups", "eip,group\n...")`.
+pub fn compute_with(
+    binary: &Path,
+    csv: &str,
+    timezone: &str,
+    interval: u32,
+    inputs: &[(&str, &str)],
+) -> Result<serde_json::Value> {
     let dir = std::env::temp_dir().join(unique_tag("c"));
     std::fs::create_dir_all(&dir)?;
     let export = dir.join("samples.csv");
     std::fs::write(&export, csv)?;
-    let out = Command::new(binary)
-        .args(["compute", "--timezone", timezone, "--interval"])
+    let mut cmd = Command::new(binary);
+    cmd.args(["compute", "--timezone", timezone, "--interval"])
         .arg(interval.to_string())
         .arg("--samples")
-        .arg(&export)
-        .output();
+        .arg(&export);
+    for (i, (option, contents)) in inputs.iter().enumerate() {
+        let path = dir.join(format!("input-{i}.csv"));
+        std::fs::write(&path, contents)?;
+        cmd.arg(option).arg(&path);
+    }
+    let out = cmd.output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out?;
     ensure!(
@@ -674,12 +691,25 @@ pub struct Daemon {
     dir: PathBuf,
     /// `ready` events in the log when the current process was spawned.
     ready_events_at_spawn: usize,
+    /// Extra environment of the process (set before a [`Daemon::spawn`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Writes `config` and starts `binary run` inside `ns`; returns once every EIP in `expect`
     /// shows in its counters (the programs are attached by then).
     pub fn start(binary: &Path, ns: &Netns, config: &str, expect: &[IpAddr]) -> Result<Self> {
+        Self::start_with_env(binary, ns, config, expect, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        ns: &Netns,
+        config: &str,
+        expect: &[IpAddr],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(unique_tag("d"));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("eip-meter.toml");
@@ -697,6 +727,10 @@ impl Daemon {
             state_dir: parsed.sampler.state_dir.clone(),
             dir,
             ready_events_at_spawn: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         daemon.spawn(ns)?;
         daemon.wait_ready(Duration::from_secs(30))?;
@@ -738,6 +772,7 @@ impl Daemon {
             .command(&self.binary)?
             .args(["--log-format", "json", "run", "--config"])
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

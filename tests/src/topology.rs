@@ -333,8 +333,9 @@ impl DualTopology {
         let name = self.routers[n].name();
         let state_dir = std::env::temp_dir().join(format!("{name}-state"));
         format!(
-            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{name}\"\n\n[sampler]\nstate_dir = \"{}\"\nhost = \"router-{n}\"\n\n{rest}\n",
-            state_dir.display()
+            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{name}\"\n\n[sampler]\nstate_dir = \"{}\"\nhost = \"router-{}\"\n\n{rest}\n",
+            state_dir.display(),
+            ["a", "b"][n]
         )
     }
 }

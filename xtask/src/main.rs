@@ -58,6 +58,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // systemd-analyze for the unit tests
     "systemd",
+    // PostgreSQL 15: the billing store's tests start a private cluster with its initdb
+    "postgresql",
     // renders the demo's and the tests' charts
     "chromium",
 ];

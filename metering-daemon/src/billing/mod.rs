@@ -8,11 +8,13 @@
 //! * [`series`]: the streaming per-EIP accumulators (bounded memory) that produce
 //!   [`series::DayFigures`] and [`series::MonthFigures`].
 //! * [`samples`]: counter readings -> interval samples (resets, outages spread).
+//! * [`fleet`]: one subject's samples from several hosts' sparse rows, rounds and presence.
 //! * [`replay`]: `eip-meter compute`: CSV samples in, JSON figures out.
 //!
 //! Units: bandwidth in bit/s (`_bps`) or Mbit/s = 10^6 bit/s (`_mbps`); bytes are IP-layer bytes.
 
 pub mod calendar;
+pub mod fleet;
 pub mod replay;
 pub mod rules;
 pub mod samples;

@@ -4,9 +4,11 @@
 //! * `run.rs`: `run` and `validate`.
 //! * `status.rs`: `counters`, from the pinned maps of a running (or kept) daemon.
 //! * `inventory.rs`: `eip` and `group`, live edits of the config file.
+//! * `billing.rs`: `bill` and `store migrate`, on the shared PostgreSQL billing store.
 //! * `offline.rs`: `samples`, `compute`, `report`, `plot`: the store and the billing figures,
 //!   without a daemon.
 
+mod billing;
 mod inventory;
 mod offline;
 mod run;
@@ -97,6 +99,16 @@ enum Command {
     /// address) is reported with its line and nothing is printed on stdout; the exit code is
     /// then 1.
     Compute(offline::ComputeArgs),
+    /// Compute the fleet's figures for a day or a month in the shared PostgreSQL billing store,
+    /// from every router's shipped samples (summed per interval across hosts before any
+    /// percentile), and write them to its `figures` table as revisions. For a systemd timer
+    /// (deploy/eip-meter-bill.timer); running it again changes nothing unless samples arrived.
+    Bill(billing::BillArgs),
+    /// Manage the shared PostgreSQL billing store.
+    Store {
+        #[command(subcommand)]
+        action: billing::StoreAction,
+    },
 }
 
 /// Entry point of the `eip-meter` binary.
@@ -162,5 +174,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Report(args) => offline::report(&args),
         Command::Plot(args) => offline::plot(&args),
         Command::Compute(args) => offline::compute(args),
+        Command::Bill(args) => billing::bill(args),
+        Command::Store { action } => billing::store(action),
     }
 }

@@ -16,9 +16,10 @@ use super::load_config;
 use crate::{
     billing::calendar::{Calendar, Month},
     config::{AnyInterface, Config},
+    daemon::{ShipStatus, shipping_file},
     exposition::{
         plot::{self, ChartInput, ChartPeriod},
-        report::{Inputs, Period, Report},
+        report::{Inputs, Period, Report, ShippingRow},
     },
     policy::{self, Caps},
     store::{Store, Subject},
@@ -78,7 +79,7 @@ pub(super) struct PeriodArgs {
     month: Option<Month>,
 }
 
-fn parse_month(s: &str) -> Result<Month, String> {
+pub(super) fn parse_month(s: &str) -> Result<Month, String> {
     NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d")
         .map(Month::of)
         .map_err(|_| format!("`{s}` is not a month (YYYY-MM)"))
@@ -188,6 +189,7 @@ pub(super) fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         uplinks,
         uplinks_checked_at,
         gaps,
+        shipping: shipping_row(&c, &store)?,
     });
     if args.json {
         println!("{}", report.to_json());
@@ -195,6 +197,28 @@ pub(super) fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         print!("{}", report.to_table());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where shipping stands: the local store's unshipped rounds, and what the daemon last wrote
+/// about its attempts.
+fn shipping_row(c: &Config, store: &Store) -> anyhow::Result<Option<ShippingRow>> {
+    if c.billing_store.is_none() {
+        return Ok(None);
+    }
+    let shipped = store.shipped()?.map_or(0, |(seq, _)| seq);
+    let (unshipped_rounds, oldest_unshipped_boundary) = store.unshipped(shipped)?;
+    let status: Option<ShipStatus> = std::fs::read(shipping_file(&c.sampler.state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let status = status.unwrap_or_default();
+    Ok(Some(ShippingRow {
+        unshipped_rounds,
+        oldest_unshipped_boundary,
+        last_shipped_at: store.shipped()?.map(|(_, at)| at),
+        errors_total: status.errors_total,
+        conflicts_total: status.conflicts_total,
+        last_error: status.last_error,
+    }))
 }
 
 pub(super) fn plot(args: &PlotArgs) -> anyhow::Result<ExitCode> {
@@ -269,8 +293,26 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
     Ok(Box::new(std::io::BufReader::new(file)))
 }
 
+pub(super) fn series_options(
+    rule: RuleArg,
+    gb_unit: GbArg,
+) -> crate::billing::series::SeriesOptions {
+    use crate::billing::{GbUnit, SampleRule};
+    crate::billing::series::SeriesOptions {
+        rule: match rule {
+            RuleArg::Max => SampleRule::Max,
+            RuleArg::Inbound => SampleRule::Inbound,
+            RuleArg::Outbound => SampleRule::Outbound,
+        },
+        gb_unit: match gb_unit {
+            GbArg::Decimal => GbUnit::Decimal,
+            GbArg::Binary => GbUnit::Binary,
+        },
+    }
+}
+
 pub(super) fn compute(args: ComputeArgs) -> anyhow::Result<ExitCode> {
-    use crate::billing::{GbUnit, SampleRule, calendar::Calendar, replay, series::SeriesOptions};
+    use crate::billing::{calendar::Calendar, replay};
     let ComputeArgs {
         samples,
         timezone,
@@ -281,17 +323,7 @@ pub(super) fn compute(args: ComputeArgs) -> anyhow::Result<ExitCode> {
         gb_unit,
     } = args;
     let calendar = Calendar::new(&timezone, interval)?;
-    let options = SeriesOptions {
-        rule: match rule {
-            RuleArg::Max => SampleRule::Max,
-            RuleArg::Inbound => SampleRule::Inbound,
-            RuleArg::Outbound => SampleRule::Outbound,
-        },
-        gb_unit: match gb_unit {
-            GbArg::Decimal => GbUnit::Decimal,
-            GbArg::Binary => GbUnit::Binary,
-        },
-    };
+    let options = series_options(rule, gb_unit);
     let history = bandwidth_history.as_deref().map(open_input).transpose()?;
     let groups = groups.as_deref().map(open_input).transpose()?;
     match replay::compute_with_groups(open_input(&samples)?, history, groups, calendar, options) {

@@ -20,6 +20,8 @@ pub struct ConfigFile {
     pub policing: Option<Spanned<PolicingSection>>,
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    #[serde(default)]
+    pub billing_store: Option<Spanned<BillingStoreSection>>,
     /// Shared bandwidths, one `[[group]]` table each.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupSection>,
@@ -125,4 +127,18 @@ pub struct MetricsSection {
     pub listen: Option<Spanned<String>>,
     /// Default true.
     pub per_eip: Option<bool>,
+}
+
+/// `[billing_store]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingStoreSection {
+    /// libpq URL or key/value string, without a password (required).
+    pub url: Spanned<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA file for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Days shipped rounds stay local (default 35, at least 2).
+    pub local_retention_days: Option<u32>,
 }

@@ -17,6 +17,12 @@ pub trait HostCheck {
     fn can_listen(&self, _addr: SocketAddr, _state_dir: &Path) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether the billing store answers with these credentials and has the schema this
+    /// version needs. Only `validate` asks: the daemon starts (and meters) whatever the answer.
+    fn reaches_billing_store(&self, _store: &super::BillingStoreConfig) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The real host: the interface must exist in the caller's network namespace.
@@ -36,6 +42,21 @@ impl HostCheck for CurrentNetns {
             )),
             Err(e) => Err(format!("cannot listen on {addr}: {e}")),
         }
+    }
+
+    fn reaches_billing_store(&self, store: &super::BillingStoreConfig) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let db = crate::store::postgres::connect(store)
+                .await
+                .map_err(|e| e.to_string())?;
+            crate::store::postgres::migrate::check(&db.client)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

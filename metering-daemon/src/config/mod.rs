@@ -26,8 +26,8 @@ use metering_common::PIN_LAYOUT_VERSION;
 use serde::Deserialize;
 
 pub use file::{
-    ConfigFile, DataplaneSection, EipSection, GroupSection, MetricsSection, PolicingSection,
-    SamplerSection,
+    BillingStoreSection, ConfigFile, DataplaneSection, EipSection, GroupSection, MetricsSection,
+    PolicingSection, SamplerSection,
 };
 pub use host::{AnyInterface, CurrentNetns, HostCheck};
 pub use validate::{ConfigError, Problem};
@@ -53,6 +53,8 @@ pub struct Config {
     pub sampler: SamplerConfig,
     pub policing: PolicingConfig,
     pub metrics: MetricsConfig,
+    /// Where committed rounds are shipped (none: they stay local).
+    pub billing_store: Option<BillingStoreConfig>,
     /// Shared bandwidths, by name.
     pub groups: Vec<GroupConfig>,
     pub eips: Vec<EipConfig>,
@@ -312,4 +314,25 @@ impl Default for MetricsConfig {
             per_eip: true,
         }
     }
+}
+
+/// The environment variable a billing store password may come from.
+pub const STORE_PASSWORD_ENV: &str = "EIP_METER_STORE_PASSWORD";
+/// Default days a shipped round stays in the local store (a month's reports and plots).
+pub const DEFAULT_LOCAL_RETENTION_DAYS: u32 = 35;
+
+/// The shared PostgreSQL billing store every router ships its rounds to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BillingStoreConfig {
+    /// A libpq URL or key/value string, without the password (`postgres://router_a@db/billing`,
+    /// `host=/run/postgresql dbname=billing user=router_a`).
+    pub url: String,
+    /// File holding the password (else the environment variable `EIP_METER_STORE_PASSWORD`).
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (TLS: `sslmode=require`);
+    /// without it, the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Days a round stays in the local store once shipped (default 35). Unshipped rounds are
+    /// never removed.
+    pub local_retention_days: u32,
 }

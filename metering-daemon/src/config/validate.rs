@@ -15,6 +15,7 @@ use super::{
     DEFAULT_GROUP_CAPACITY, DEFAULT_INSTANCE, DataplaneConfig, EipConfig, GroupConfig, HostCheck,
     MAX_CAPACITY, MetricsConfig, OnExit, PolicingConfig, SamplerConfig,
 };
+use super::{BillingStoreConfig, DEFAULT_LOCAL_RETENTION_DAYS, STORE_PASSWORD_ENV};
 use crate::{addr::normalize, billing::calendar::Calendar};
 
 /// One problem found in a configuration file, with its place.
@@ -214,6 +215,57 @@ impl Config {
             }
         }
 
+        let mut billing_store = None;
+        if let Some(section) = &file.billing_store {
+            let span = section.span();
+            let b = section.get_ref();
+            let url = b.url.get_ref();
+            let mut url_ok = false;
+            match url.parse::<tokio_postgres::Config>() {
+                Err(e) => problem(b.url.span(), format!("billing_store.url: {e}")),
+                Ok(c) if c.get_password().is_some() => problem(
+                    b.url.span(),
+                    format!(
+                        "billing_store.url must not hold the password (it would be logged): use password_file or ${STORE_PASSWORD_ENV}"
+                    ),
+                ),
+                Ok(c) if c.get_user().is_none() => problem(
+                    b.url.span(),
+                    "billing_store.url must name the user (the router's role)".to_owned(),
+                ),
+                Ok(_) => url_ok = true,
+            }
+            let retention = b
+                .local_retention_days
+                .unwrap_or(DEFAULT_LOCAL_RETENTION_DAYS);
+            if retention < 2 {
+                problem(
+                    span.clone(),
+                    "[billing_store]: local_retention_days must be at least 2 (a restart replays up to a day)".to_owned(),
+                );
+            }
+            for (key, path) in [("password_file", &b.password_file), ("ca_file", &b.ca_file)] {
+                if let Some(p) = path
+                    && !p.is_absolute()
+                {
+                    problem(
+                        span.clone(),
+                        format!("[billing_store]: {key} must be an absolute path"),
+                    );
+                }
+            }
+            let store = BillingStoreConfig {
+                url: url.clone(),
+                password_file: b.password_file.clone(),
+                ca_file: b.ca_file.clone(),
+                local_retention_days: retention,
+            };
+            if url_ok && let Err(e) = host.reaches_billing_store(&store) {
+                problem(b.url.span(), format!("[billing_store]: {e}"));
+            }
+            billing_store = Some(store);
+        }
+
         let group_capacity = d
             .group_capacity
             .as_ref()
@@ -374,6 +426,7 @@ impl Config {
             sampler,
             policing,
             metrics,
+            billing_store,
             groups: file
                 .groups
                 .into_iter()

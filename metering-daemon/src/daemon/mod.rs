@@ -10,18 +10,21 @@
 
 mod reload;
 mod round;
+mod ship;
 mod uplinks;
 
 use std::{
     future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, error, info, warn};
 
+pub use ship::{ShipStatus, shipping_file};
 pub use uplinks::{UplinkFile, uplinks_file};
 
 use crate::{
@@ -34,7 +37,7 @@ use crate::{
     exposition::{MetricsHandle, server, tally::Tally},
     policy,
     sampling::{Gaps, Sampler},
-    store::{Store, StoreError},
+    store::{Store, StoreError, postgres::ship::HostIdentity},
 };
 
 /// How often the uplinks are checked besides link notifications and sampling rounds: what
@@ -98,6 +101,8 @@ struct Daemon {
     uplinks: uplinks::UplinkLog,
     tally: Tally,
     metrics: MetricsHandle,
+    /// Shipping to the billing store (when configured): woken after every round.
+    shipping: Option<(Arc<Notify>, ship::SharedStatus)>,
 }
 
 /// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
@@ -161,8 +166,30 @@ pub async fn run(
         sampler,
         tally,
         metrics: MetricsHandle::default(),
+        shipping: None,
         config,
     };
+    let mut shipper = None;
+    if let Some(store) = daemon.config.billing_store.clone() {
+        let me = HostIdentity {
+            host: daemon.config.sampler.host.clone(),
+            instance: daemon.sampler.store().instance()?,
+            interval_seconds: calendar.interval(),
+            timezone: calendar.timezone().to_owned(),
+        };
+        let wake = Arc::new(Notify::new());
+        let status = ship::SharedStatus::default();
+        shipper = Some(ship::spawn(
+            store,
+            daemon.config.sampler.store_path(),
+            shipping_file(&state_dir),
+            me,
+            wake.clone(),
+            status.clone(),
+        ));
+        daemon.tally.shipping(status.clone());
+        daemon.shipping = Some((wake, status));
+    }
     let events = daemon.dataplane.attach_since(unmetered_since)?;
     daemon.note_uplinks(&events);
     let mut watcher = match LinkWatcher::subscribe() {
@@ -233,6 +260,10 @@ pub async fn run(
     info!("shutting down");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_server.send(());
+    if let Some(task) = shipper {
+        // A batch under way is rolled back by the billing store; the next start ships it.
+        task.abort();
+    }
     let _ = std::fs::remove_file(&pid_path);
     let _ = std::fs::remove_file(&daemon.uplinks.status_path);
     if let Err(e) = daemon.sampler.checkpoint_all() {

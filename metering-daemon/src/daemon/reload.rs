@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Instant};
 use tracing::{error, info, warn};
 
 use super::{Daemon, Reload, now_seconds};
-use crate::{config::Config, exposition::tally::ReloadResult, policy};
+use crate::{config::Config, exposition::tally::ReloadResult, policy, store::InventoryEntry};
 
 impl Daemon {
     pub(super) fn reload(&mut self, reload: Reload) {
@@ -100,5 +100,32 @@ impl Daemon {
             .filter_map(|e| Some((e.address, e.group.clone()?)))
             .collect();
         self.sampler.configure_groups(&groups, &members, at);
+        // The history the billing store bills baselines and in-use time from.
+        let entries: Vec<InventoryEntry> = config
+            .eips
+            .iter()
+            .map(|e| InventoryEntry {
+                kind: "eip",
+                subject: e.address.to_string(),
+                bandwidth_mbps: e.bandwidth_mbps,
+                group: e.group.clone(),
+                state: e.state.as_str().to_owned(),
+            })
+            .chain(config.groups.iter().map(|g| InventoryEntry {
+                kind: "group",
+                subject: g.name.clone(),
+                bandwidth_mbps: Some(g.bandwidth_mbps),
+                group: None,
+                state: "active".to_owned(),
+            }))
+            .collect();
+        match self.sampler.store_mut().record_inventory(&entries, at) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(changes = n, "inventory history recorded"),
+            Err(e) => {
+                error!(error = %e, "inventory history not recorded; the billing store's baselines may miss this change");
+                self.tally.store_error();
+            }
+        }
     }
 }

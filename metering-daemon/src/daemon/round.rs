@@ -65,6 +65,9 @@ impl Daemon {
                     slots_used: (self.dataplane.slots().len(), self.dataplane.group_slots().0),
                 };
                 self.tally.round_committed(&facts, &self.sampler);
+                if let Some((wake, _)) = &self.shipping {
+                    wake.notify_one();
+                }
                 let expose_seconds = expose_started.elapsed().as_secs_f64();
                 self.tally.exposed_in(expose_seconds);
                 info!(

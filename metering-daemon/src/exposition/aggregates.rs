@@ -177,6 +177,46 @@ const FAMILIES: &[(&str, &str, MetricType)] = &[
         "Billing-sample rate of every EIP in the last round, bytes/s (quantiles over the EIPs from an HDR histogram, 3 significant digits; count and sum accumulate over rounds).",
         MetricType::SUMMARY,
     ),
+    (
+        "eip_meter_billing_store_up",
+        "1 when the daemon is connected to the billing store and its last ship succeeded, 0 when it is failing (rounds stay in the local store).",
+        MetricType::GAUGE,
+    ),
+    (
+        "eip_meter_billing_store_shipped_rounds_total",
+        "Rounds the billing store acknowledged (in a committed transaction) since the daemon started.",
+        MetricType::COUNTER,
+    ),
+    (
+        "eip_meter_billing_store_shipped_rows_total",
+        "Sample rows the billing store did not hold yet and inserted, since the daemon started.",
+        MetricType::COUNTER,
+    ),
+    (
+        "eip_meter_billing_store_ship_errors_total",
+        "Failed attempts to connect to or ship to the billing store.",
+        MetricType::COUNTER,
+    ),
+    (
+        "eip_meter_billing_store_ship_conflicts_total",
+        "Samples the billing store already held with other values: refused (the stored one kept), recorded in its sample_conflicts table.",
+        MetricType::COUNTER,
+    ),
+    (
+        "eip_meter_billing_store_unshipped_rounds",
+        "Committed rounds of the local store the billing store does not hold yet.",
+        MetricType::GAUGE,
+    ),
+    (
+        "eip_meter_billing_store_oldest_unshipped_round_timestamp_seconds",
+        "End of the oldest round not shipped yet, UNIX seconds (absent when none is waiting).",
+        MetricType::GAUGE,
+    ),
+    (
+        "eip_meter_billing_store_shipped_up_to_timestamp_seconds",
+        "End of the last round the billing store holds, UNIX seconds.",
+        MetricType::GAUGE,
+    ),
 ];
 
 /// The aggregate families of `published`, gathered through a `prometheus` [`Registry`] whose
@@ -430,6 +470,50 @@ fn families(p: &Published) -> Vec<MetricFamily> {
         "eip_meter_eip_rate_bytes_per_second",
         vec![summary(&p.eip_rates)],
     );
+    if let Some(shared) = &p.shipping {
+        let s = shared.lock().expect("shipping state lock").clone();
+        put(
+            "eip_meter_billing_store_up",
+            vec![gauge(
+                &[],
+                if s.connected && s.last_error.is_none() {
+                    1.0
+                } else {
+                    0.0
+                },
+            )],
+        );
+        for (name, value) in [
+            (
+                "eip_meter_billing_store_shipped_rounds_total",
+                s.rounds_total,
+            ),
+            ("eip_meter_billing_store_shipped_rows_total", s.rows_total),
+            ("eip_meter_billing_store_ship_errors_total", s.errors_total),
+            (
+                "eip_meter_billing_store_ship_conflicts_total",
+                s.conflicts_total,
+            ),
+        ] {
+            put(name, vec![counter(&[], value as f64)]);
+        }
+        put(
+            "eip_meter_billing_store_unshipped_rounds",
+            vec![gauge(&[], s.unshipped_rounds as f64)],
+        );
+        if let Some(oldest) = s.oldest_unshipped.filter(|_| s.unshipped_rounds > 0) {
+            put(
+                "eip_meter_billing_store_oldest_unshipped_round_timestamp_seconds",
+                vec![gauge(&[], oldest as f64)],
+            );
+        }
+        if s.shipped_boundary > 0 {
+            put(
+                "eip_meter_billing_store_shipped_up_to_timestamp_seconds",
+                vec![gauge(&[], s.shipped_boundary as f64)],
+            );
+        }
+    }
 
     FAMILIES
         .iter()

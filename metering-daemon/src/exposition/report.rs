@@ -55,6 +55,22 @@ pub struct Inputs {
     pub uplinks_checked_at: Option<i64>,
     /// Gaps that overlap the period.
     pub gaps: Vec<GapRecord>,
+    /// Where shipping to the billing store stands (none: no `[billing_store]`).
+    pub shipping: Option<ShippingRow>,
+}
+
+/// Shipping to the billing store, as the local store and the daemon's status file tell.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ShippingRow {
+    /// Committed rounds the billing store has not acknowledged, and the end of the oldest.
+    pub unshipped_rounds: u64,
+    pub oldest_unshipped_boundary: Option<i64>,
+    /// When the billing store last acknowledged a batch (UNIX seconds).
+    pub last_shipped_at: Option<i64>,
+    pub errors_total: u64,
+    pub conflicts_total: u64,
+    /// The failure shipping is stuck on, if any.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +81,8 @@ pub struct Report {
     pub uplinks: Vec<UplinkRow>,
     pub uplinks_checked_at: Option<i64>,
     pub metering_gaps: Vec<GapRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<ShippingRow>,
     pub eips: Vec<SubjectFigures>,
     pub groups: Vec<SubjectFigures>,
 }
@@ -116,6 +134,7 @@ impl Report {
             uplinks,
             uplinks_checked_at,
             gaps,
+            shipping,
         } = inputs;
         let wanted = |s: &Subject| only.as_ref().is_none_or(|o| o == s);
         let mut subjects: BTreeMap<Subject, SubjectFigures> = BTreeMap::new();
@@ -184,6 +203,7 @@ impl Report {
                     to: g.to,
                 })
                 .collect(),
+            shipping,
             eips,
             groups,
         }
@@ -227,6 +247,26 @@ impl Report {
                 g.to.map_or("now".to_owned(), time),
                 g.cause
             );
+        }
+        if let Some(s) = &self.shipping {
+            let _ = write!(
+                out,
+                "billing store: {} round(s) not shipped",
+                s.unshipped_rounds
+            );
+            if let Some(oldest) = s.oldest_unshipped_boundary {
+                let _ = write!(out, ", the oldest ending {}", time(oldest as f64));
+            }
+            if let Some(at) = s.last_shipped_at {
+                let _ = write!(out, "; last shipped {}", time(at as f64));
+            }
+            if s.conflicts_total > 0 {
+                let _ = write!(out, "; {} conflicting sample(s) refused", s.conflicts_total);
+            }
+            if let Some(e) = &s.last_error {
+                let _ = write!(out, "; failing ({} error(s)): {e}", s.errors_total);
+            }
+            out.push('\n');
         }
         for (kind, list) in [("EIP", &self.eips), ("shared bandwidth", &self.groups)] {
             for s in list {
@@ -367,6 +407,7 @@ mod tests {
             uplinks: vec![UplinkRow::unknown("up0")],
             uplinks_checked_at: None,
             gaps: Vec::new(),
+            shipping: None,
         }
     }
 

@@ -122,7 +122,36 @@ pub struct Published {
     pub groups: Arc<Vec<SeriesRow>>,
     /// Whether per-series families are exposed (`metrics.per_eip`).
     pub per_eip: bool,
+    /// Shipping to the billing store, when one is configured.
+    pub shipping: Option<SharedShipping>,
 }
+
+/// Where shipping to the billing store stands: kept by the shipper, read by scrapes as they
+/// come (it changes between rounds), and written to the state directory for `report`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Shipping {
+    /// The daemon that wrote it, and when (UNIX seconds).
+    pub pid: u32,
+    pub updated_at: i64,
+    pub connected: bool,
+    /// The last local commit the billing store holds, and its round's boundary.
+    pub shipped_seq: i64,
+    pub shipped_boundary: i64,
+    /// Committed rounds not shipped yet, and the boundary of the oldest.
+    pub unshipped_rounds: u64,
+    pub oldest_unshipped: Option<i64>,
+    pub rounds_total: u64,
+    pub rows_total: u64,
+    pub errors_total: u64,
+    pub conflicts_total: u64,
+    pub last_error: Option<String>,
+    pub last_batch_seconds: f64,
+    /// When the billing store last acknowledged a batch (UNIX seconds).
+    pub last_shipped_at: Option<i64>,
+}
+
+/// [`Shipping`] shared by the shipper (writer) and the scrapes.
+pub type SharedShipping = Arc<std::sync::Mutex<Shipping>>;
 
 /// Where the current [`Published`] lives, shared by the daemon (writer) and the scrapes.
 #[derive(Clone, Default)]

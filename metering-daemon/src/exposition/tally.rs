@@ -136,6 +136,11 @@ impl Tally {
         self.published.uplinks = status;
     }
 
+    /// Shows the shipper's state (read at each scrape, since it moves between rounds).
+    pub fn shipping(&mut self, shared: super::state::SharedShipping) {
+        self.published.shipping = Some(shared);
+    }
+
     /// A round was committed: its facts, and the sampler's state after it. Returns how long
     /// building the figures took is up to the caller to time.
     pub fn round_committed(&mut self, facts: &RoundFacts<'_>, sampler: &Sampler) {

@@ -18,7 +18,7 @@ use crate::{
         series::{BandwidthHistory, Closed, Sample, Series, SeriesOptions},
     },
     store,
-    store::{RoundRecords, Store, StoreError},
+    store::{RoundKind, RoundRecords, Store, StoreError},
 };
 
 /// Whether `eip`'s series is due for its daily checkpoint in the round at `boundary`.
@@ -163,6 +163,11 @@ impl Sampler {
         &self.store
     }
 
+    /// The store, for what is recorded outside rounds (the inventory's history).
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
     /// Notes when an EIP started counting (from zero), for its first, partial sample.
     pub fn eip_added(&mut self, eip: IpAddr, at: i64) {
         let i = self.state_index(eip);
@@ -239,8 +244,10 @@ impl Sampler {
         let mut in_order = true;
         let mut partial = 0;
         let mut counter_resets = 0;
+        let mut opened: Vec<(u32, i64)> = Vec::new();
         let group_undo = self.groups.begin();
         let step = i64::from(self.calendar.interval());
+        let mut first_start = boundary - step;
         for (position, (eip, counters)) in readings.iter().enumerate() {
             let i = if self.states.get(position).is_some_and(|s| s.eip == *eip) {
                 position
@@ -292,6 +299,15 @@ impl Sampler {
                 store::encode_sample(&mut samples_blob, id, boundary, sample);
                 self.groups.add(eip, sample);
                 partial += usize::from(sample.state == SampleState::Partial);
+            }
+            if st.snapshot.is_none()
+                && let Some(first) = new.first()
+            {
+                // Its first round here: it entered the inventory with its first interval.
+                opened.push((id, first.start));
+            }
+            if let Some(first) = new.first() {
+                first_start = first_start.min(first.start);
             }
             if let Some(last) = new.last() {
                 st.rates = [
@@ -347,6 +363,13 @@ impl Sampler {
             checkpoints: &checkpoint,
             groups: group_records.as_deref(),
             closed_groups: &closed_groups,
+            kind: match coverage {
+                Coverage::Complete => RoundKind::Complete,
+                Coverage::Incomplete => RoundKind::Incomplete,
+            },
+            first_start,
+            presence_opened: &opened,
+            presence_closed: &[],
         });
         if let Err(e) = committed {
             self.groups.undo(group_undo);
@@ -441,6 +464,11 @@ impl Sampler {
         for s in &new {
             store::encode_sample(&mut samples_blob, id, boundary, s);
         }
+        // Removed before its first round: it entered and leaves with this commit.
+        let opened: Vec<(u32, i64)> = match (st.snapshot, new.first()) {
+            (None, Some(first)) => vec![(id, first.start)],
+            _ => Vec::new(),
+        };
         // The snapshot written is everyone's but this EIP's.
         let removed = self.states.swap_remove(i);
         let snapshot_blob = self.snapshot_blob(boundary);
@@ -453,6 +481,10 @@ impl Sampler {
                 snapshot: &snapshot_blob,
                 new_eips: &new_ids,
                 closed: &closed,
+                kind: RoundKind::Removal,
+                first_start: new.first().map_or(boundary, |s| s.start),
+                presence_opened: &opened,
+                presence_closed: &[(id, boundary)],
                 ..RoundRecords::default()
             },
             eip,

@@ -30,6 +30,45 @@ pub struct RoundRecords<'a> {
     pub groups: Option<&'a [(&'a str, &'a Series)]>,
     /// Shared bandwidths' days and months that closed this round.
     pub closed_groups: &'a [(String, Closed)],
+    /// What the round is, for the billing store.
+    pub kind: RoundKind,
+    /// Start of the earliest interval the round's samples cover (several when the round spread
+    /// an outage's delta); the boundary minus one interval otherwise.
+    pub first_start: i64,
+    /// EIPs that entered the inventory with this round: id and first interval start.
+    pub presence_opened: &'a [(u32, i64)],
+    /// EIPs that left it: id and the end of their last interval.
+    pub presence_closed: &'a [(u32, i64)],
+}
+
+/// What a committed round stands for in the billing store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RoundKind {
+    /// A sampling round of every EIP, every uplink metered throughout.
+    #[default]
+    Complete,
+    /// A sampling round during which an uplink was not metered for a while.
+    Incomplete,
+    /// The last samples of a removed EIP (not a round of the host's inventory).
+    Removal,
+}
+
+impl RoundKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundKind::Complete => "complete",
+            RoundKind::Incomplete => "incomplete",
+            RoundKind::Removal => "removal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "incomplete" => RoundKind::Incomplete,
+            "removal" => RoundKind::Removal,
+            _ => RoundKind::Complete,
+        }
+    }
 }
 
 impl Store {
@@ -63,6 +102,10 @@ impl Store {
             checkpoints,
             groups,
             closed_groups,
+            kind,
+            first_start,
+            presence_opened,
+            presence_closed,
         } = round;
         let fresh: HashMap<IpAddr, u32> = new_eips.iter().map(|(id, eip)| (*eip, *id)).collect();
         let id = |eip: &IpAddr| -> u32 {
@@ -113,10 +156,39 @@ impl Store {
         }
         if !samples.is_empty() {
             tx.execute(
-                "INSERT INTO rounds (seq, boundary, host, bytes) VALUES (?1, ?2, ?3, ?4)",
-                params![seq, boundary, host, samples.len() as i64],
+                "INSERT INTO rounds (seq, boundary, host, bytes, kind, first_start)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    seq,
+                    boundary,
+                    host,
+                    samples.len() as i64,
+                    kind.as_str(),
+                    first_start
+                ],
             )
             .map_err(sql("write samples"))?;
+        }
+        {
+            let mut open = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO presence (eip, from_s, opened_seq) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(sql("write presence"))?;
+            for (eid, from) in presence_opened {
+                open.execute(params![eid, from, seq])
+                    .map_err(sql("write presence"))?;
+            }
+            let mut close = tx
+                .prepare_cached(
+                    "UPDATE presence SET to_s = ?2, closed_seq = ?3 WHERE eip = ?1 AND to_s IS NULL",
+                )
+                .map_err(sql("write presence"))?;
+            for (eid, to) in presence_closed {
+                close
+                    .execute(params![eid, to, seq])
+                    .map_err(sql("write presence"))?;
+            }
         }
         tx.execute(
             "INSERT OR REPLACE INTO snapshot (id, seq, boundary, bytes) VALUES (1, ?1, ?2, ?3)",

@@ -26,8 +26,11 @@ mod commit;
 mod export;
 mod figures;
 mod gaps;
+mod inventory;
 mod load;
+pub mod postgres;
 mod records;
+mod ship;
 #[cfg(test)]
 mod tests;
 
@@ -39,10 +42,12 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension};
 
-pub use commit::RoundRecords;
+pub use commit::{RoundKind, RoundRecords};
 pub use figures::{StoredFigures, Subject};
 pub use gaps::GapRecord;
+pub use inventory::{InventoryChange, InventoryEntry};
 pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_sample, encode_snapshot};
+pub use ship::{CommittedRound, PresenceRange};
 
 use crate::billing::calendar::Calendar;
 
@@ -116,7 +121,29 @@ CREATE TABLE IF NOT EXISTS group_monthly_figures (
 CREATE TABLE IF NOT EXISTS metering_gaps (
     id INTEGER PRIMARY KEY, uplink TEXT NOT NULL, cause TEXT NOT NULL,
     from_s REAL NOT NULL, to_s REAL);
+-- When each EIP was in this host's inventory: interval starts [from_s, to_s), to_s NULL while
+-- it is. The commit that opens or closes a range records its seq, so the billing store gets
+-- the range with that round.
+CREATE TABLE IF NOT EXISTS presence (
+    eip INTEGER NOT NULL, from_s INTEGER NOT NULL, to_s INTEGER,
+    opened_seq INTEGER NOT NULL, closed_seq INTEGER, PRIMARY KEY (eip, from_s));
+-- Every change of an EIP's or shared bandwidth's bandwidth, group or state, with the time it
+-- took effect; seq: the commit it is shipped with.
+CREATE TABLE IF NOT EXISTS inventory_history (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    effective_from INTEGER NOT NULL, bandwidth_mbps INTEGER, grp TEXT, state TEXT NOT NULL,
+    seq INTEGER NOT NULL);
+-- The last round the billing store acknowledged (its own watermark is the truth).
+CREATE TABLE IF NOT EXISTS ship_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, at INTEGER NOT NULL);
 ";
+
+/// Columns added to `rounds` after its first version: what kind of round, its coverage and
+/// earliest interval (for the billing store). Old rows read as complete sampling rounds.
+const ROUND_COLUMNS: [(&str, &str); 2] = [
+    ("kind", "TEXT NOT NULL DEFAULT 'complete'"),
+    ("first_start", "INTEGER"),
+];
 
 pub struct Store {
     conn: Connection,
@@ -140,6 +167,8 @@ pub struct Store {
     last_commit_bytes: u64,
     /// The database file, for its size.
     path: PathBuf,
+    /// The last recorded inventory entry of every subject (loaded on first use).
+    inventory: Option<HashMap<(&'static str, String), InventoryEntry>>,
 }
 
 impl Store {
@@ -168,6 +197,17 @@ impl Store {
         )
         .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let columns = pair_rows::<i64, String>(
+            &conn,
+            "SELECT cid, name FROM pragma_table_info('rounds')",
+            "read round columns",
+        )?;
+        for (name, kind) in ROUND_COLUMNS {
+            if !columns.iter().any(|(_, c)| c == name) {
+                conn.execute_batch(&format!("ALTER TABLE rounds ADD COLUMN {name} {kind}"))
+                    .map_err(open_err)?;
+            }
+        }
         let files = path.with_file_name("rounds");
         std::fs::create_dir_all(&files)?;
         let snapshot_seq: Option<i64> = conn
@@ -238,6 +278,7 @@ impl Store {
             sample_bytes: 0,
             last_commit_bytes: 0,
             path: path.to_owned(),
+            inventory: None,
         };
         store.sample_bytes = store
             .conn
@@ -289,6 +330,32 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// This store's identity, generated once: the billing store tells two machines that claim
+    /// the same host name apart by it.
+    pub fn instance(&self) -> Result<String, StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql("read instance"))?;
+        if let Some(id) = stored {
+            return Ok(id);
+        }
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)",
+                [&id],
+            )
+            .map_err(sql("write instance"))?;
+        self.instance()
     }
 
     pub(super) fn samples_file(&self, seq: i64) -> PathBuf {
