@@ -3,7 +3,8 @@
 //! * [`Netns`]: a named network namespace, deleted on drop (also while a test panics).
 //! * [`Topology`]: internet <-> router <-> tenant, with the EIPs on the tenant side and the
 //!   daemon's uplink (`up0`) in the router.
-//! * [`Daemon`]: the `eip-meter` binary running in the router namespace, stopped on drop.
+//! * [`Daemon`] (`daemon.rs`): the `eip-meter` binary running in the router namespace, stopped on drop.
+//! * [`postgres::Postgres`]: a private PostgreSQL 15 cluster for one test.
 //! * Traffic helpers that send from inside a namespace and return the IP-layer bytes they sent,
 //!   and [`IpStats`], the receiving stack's own counters, used as an independent reference.
 //!
@@ -17,20 +18,22 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
+pub mod daemon;
 pub mod http;
 pub mod postgres;
 pub mod prometheus;
 pub mod sandbox;
 pub mod topology;
 pub mod traffic;
+pub use daemon::Daemon;
 pub use topology::{Topology, TopologyOptions};
 
 /// Fails loudly when the harness cannot work: these tests are never skipped.
@@ -678,263 +681,13 @@ pub fn exposition_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// The `eip-meter` binary running in a namespace, with its config and log in a temp dir.
-pub struct Daemon {
-    binary: PathBuf,
-    child: Option<Child>,
-    pub config_path: PathBuf,
-    pub log_path: PathBuf,
-    /// The daemon's pin directory, removed on drop whatever `on_exit` said.
-    pub pin_dir: PathBuf,
-    /// The daemon's sample store directory, removed on drop.
-    pub state_dir: PathBuf,
-    dir: PathBuf,
-    /// `ready` events in the log when the current process was spawned.
-    ready_events_at_spawn: usize,
-    /// Extra environment of the process (set before a [`Daemon::spawn`]).
-    pub env: Vec<(String, String)>,
-}
-
-impl Daemon {
-    /// Writes `config` and starts `binary run` inside `ns`; returns once every EIP in `expect`
-    /// shows in its counters (the programs are attached by then).
-    pub fn start(binary: &Path, ns: &Netns, config: &str, expect: &[IpAddr]) -> Result<Self> {
-        Self::start_with_env(binary, ns, config, expect, &[])
+/// Writes a benchmark's figures as pretty JSON to `path` (its directory created), and says so.
+pub fn write_bench_report(path: impl AsRef<Path>, report: &impl serde::Serialize) -> Result<()> {
+    let path = path.as_ref();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-
-    /// [`Daemon::start`] with extra environment variables.
-    pub fn start_with_env(
-        binary: &Path,
-        ns: &Netns,
-        config: &str,
-        expect: &[IpAddr],
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique_tag("d"));
-        std::fs::create_dir_all(&dir)?;
-        let config_path = dir.join("eip-meter.toml");
-        let log_path = dir.join("daemon.log");
-        std::fs::write(&config_path, config)?;
-        let parsed =
-            metering_daemon::config::Config::parse(config, &metering_daemon::config::AnyInterface)
-                .map_err(|p| anyhow::anyhow!("test config invalid: {p:?}"))?;
-        let mut daemon = Self {
-            binary: binary.to_owned(),
-            child: None,
-            config_path,
-            log_path,
-            pin_dir: parsed.dataplane.pin_dir(),
-            state_dir: parsed.sampler.state_dir.clone(),
-            dir,
-            ready_events_at_spawn: 0,
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        daemon.spawn(ns)?;
-        daemon.wait_ready(Duration::from_secs(30))?;
-        daemon.wait_for_eips(expect, Duration::from_secs(5))?;
-        Ok(daemon)
-    }
-
-    /// Waits for the `ready` event of the latest start (logged once programs are attached).
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let before = self.ready_events_at_spawn;
-        loop {
-            if self.log().matches(r#""message":"ready""#).count() > before {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("eip-meter exited with {status}; log:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "eip-meter not ready within {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// (Re)starts the process with the current config file; see [`Daemon::wait_ready`].
-    pub fn spawn(&mut self, ns: &Netns) -> Result<()> {
-        self.ready_events_at_spawn = self.log().matches(r#""message":"ready""#).count();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
-        let child = ns
-            .command(&self.binary)?
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&self.config_path)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn eip-meter")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The JSON log lines whose message is `message`.
-    pub fn log_events(&self, message: &str) -> Vec<serde_json::Value> {
-        self.log()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
-    }
-
-    /// `GET /metrics` from this daemon (default metrics address, inside `ns`).
-    pub fn scrape(&self, ns: &Netns) -> Result<http::Response> {
-        http::get(ns, METRICS_ADDR.parse()?, "/metrics")
-    }
-
-    /// `eip-meter samples` of this daemon's store, parsed.
-    pub fn samples(&self) -> Result<Vec<SampleRow>> {
-        parse_samples(&self.subcommand(&["samples"])?)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// `eip-meter counters --json` against this daemon's pins.
-    pub fn counters(&self) -> Result<CounterSnapshot> {
-        let out = Command::new(&self.binary)
-            .args(["counters", "--json", "--config"])
-            .arg(&self.config_path)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "counters failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        CounterSnapshot::parse(&String::from_utf8_lossy(&out.stdout))
-    }
-
-    /// Waits until the provisioned EIP set is exactly `expect`.
-    pub fn wait_for_eips(&mut self, expect: &[IpAddr], timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut want: Vec<_> = expect.to_vec();
-        want.sort();
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("eip-meter exited with {status}; log:\n{}", self.log());
-            }
-            if let Ok(snapshot) = self.counters() {
-                let mut have: Vec<_> = snapshot.eips.keys().copied().collect();
-                have.sort();
-                if have == want {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "EIPs {want:?} not provisioned within {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs another `eip-meter` subcommand against this daemon's config; returns its stdout.
-    pub fn subcommand(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.binary)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "eip-meter {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Replaces the config file and sends SIGHUP.
-    pub fn reload(&mut self, config: &str) -> Result<()> {
-        std::fs::write(&self.config_path, config)?;
-        self.signal(nix::sys::signal::Signal::SIGHUP)
-    }
-
-    /// [`Daemon::reload`], then waits (at most 5 s) for the daemon to log that it applied the
-    /// config; returns the time from the signal to that log line being visible.
-    pub fn reload_applied(&mut self, config: &str) -> Result<Duration> {
-        const APPLIED: &str = r#""message":"config applied""#;
-        let before = self.log().matches(APPLIED).count();
-        let started = Instant::now();
-        self.reload(config)?;
-        while self.log().matches(APPLIED).count() == before {
-            ensure!(
-                started.elapsed() < Duration::from_secs(5),
-                "config not applied within 5 s; log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-        Ok(started.elapsed())
-    }
-
-    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
-        let pid = self.pid().context("not running")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
-        Ok(())
-    }
-
-    /// SIGTERM and wait (at most 10 s) for a clean exit; returns its success.
-    pub fn stop(&mut self) -> Result<bool> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(true);
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("eip-meter ignored SIGTERM for 10 s; log:\n{}", self.log());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.stop();
-        // Removing a link's pin detaches it; removing a map's pin frees it.
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

@@ -778,6 +778,59 @@ fn bill_twice_changes_nothing_a_late_sample_adds_a_revision_and_roles_keep_to_th
     assert_eq!(revisions[1].0, 2);
     assert_ne!(revisions[1].2["p95_bps"], first[0].2["p95_bps"]);
 
+    // A store at a newer schema than this binary knows is refused, not written.
+    pg.query("INSERT INTO eip_meter_schema (version) VALUES (99)")
+        .unwrap();
+    let out = Command::new(binary())
+        .args([
+            "store",
+            "migrate",
+            "--store",
+            &pg.url(eip_meter_tests::postgres::SUPERUSER),
+        ])
+        .env(
+            "EIP_METER_STORE_PASSWORD",
+            eip_meter_tests::postgres::SUPERUSER_PASSWORD,
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("schema version 99, newer than this eip-meter knows"),
+        "{said}"
+    );
+    let refused = Command::new(binary())
+        .args(["bill", "--store", &pg.url("billing"), "--day", &day])
+        .env("EIP_METER_STORE_PASSWORD", "secret-billing")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "bill ran on a newer schema");
+    pg.query("DELETE FROM eip_meter_schema WHERE version = 99")
+        .unwrap();
+
+    // The billing timer's own commands (deploy/eip-meter-bill.service) run against the store.
+    let unit =
+        std::fs::read_to_string(eip_meter_tests::deploy_file("eip-meter-bill.service")).unwrap();
+    let password = pg
+        .password_file("billing-credential", "secret-billing")
+        .unwrap();
+    for line in unit.lines().filter_map(|l| l.strip_prefix("ExecStart=")) {
+        let line = line.replace("%d/billing-password", &password.display().to_string());
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/eip-meter"));
+        let out = Command::new(binary())
+            .args(words)
+            .env("EIP_METER_STORE_URL", pg.url("billing"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Roles: a router writes only its own host's rows and watermark; billing writes no samples.
     let as_router = |sql: &str| pg.query_as("router_x", "secret-x", sql).unwrap();
     let (ok, _, err) = as_router(&format!(
@@ -785,12 +838,14 @@ fn bill_twice_changes_nothing_a_late_sample_adds_a_revision_and_roles_keep_to_th
         day_start + 300
     ));
     assert!(!ok && err.contains("row-level security"), "{err}");
-    let (ok, out, _) =
-        as_router("UPDATE watermarks SET seq = 0 WHERE host = 'router-x' RETURNING seq");
-    assert!(ok && out == "0", "its own watermark: {out}");
+    let (ok, out, err) =
+        as_router("UPDATE watermarks SET seq = 300 WHERE host = 'router-x' RETURNING seq");
+    assert!(ok && out == "300", "its own watermark forward: {out} {err}");
+    let (ok, _, err) = as_router("UPDATE watermarks SET seq = 0 WHERE host = 'router-x'");
+    assert!(!ok && err.contains("only advances"), "{err}");
     pg.query("INSERT INTO hosts (host, instance, db_role, interval_seconds, timezone) VALUES ('router-y', 'y', 'postgres', 300, 'UTC'); INSERT INTO watermarks VALUES ('router-y', 5, 0)").unwrap();
     let (ok, out, _) =
-        as_router("UPDATE watermarks SET seq = 0 WHERE host = 'router-y' RETURNING seq");
+        as_router("UPDATE watermarks SET seq = 9 WHERE host = 'router-y' RETURNING seq");
     assert!(
         ok && out.is_empty(),
         "another host's watermark moved: {out}"

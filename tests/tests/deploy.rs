@@ -92,6 +92,52 @@ fn systemd_analyze_verifies_the_unit_and_scores_its_exposure() {
     );
 }
 
+/// The billing job's exposure score (README states it).
+const BILL_EXPOSURE: &str = "1.1 OK";
+
+#[test]
+fn systemd_analyze_verifies_the_billing_job_and_its_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut units = Vec::new();
+    for name in ["eip-meter-bill.service", "eip-meter-bill.timer"] {
+        let text = std::fs::read_to_string(deploy_file(name)).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            text.replace("/usr/local/bin/eip-meter", &binary().display().to_string()),
+        )
+        .unwrap();
+        units.push(path);
+    }
+    let (ok, out) = output(Command::new("systemd-analyze").arg("verify").args(&units));
+    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+    let (ok, out) = output(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&units[0]),
+    );
+    assert!(ok, "{out}");
+    let score = out
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for eip-meter-bill.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{out}"));
+    println!("systemd-analyze security (billing job): {score}");
+    assert!(
+        score.starts_with(BILL_EXPOSURE),
+        "exposure {score}, README says {BILL_EXPOSURE}"
+    );
+    // Every command the timer runs is one `eip-meter bill` accepts (run against a real store
+    // in billing_store.rs).
+    let text = std::fs::read_to_string(deploy_file("eip-meter-bill.service")).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("ExecStart=")).count(),
+        3
+    );
+}
+
 /// Creates `path` for the test if it is missing, and removes it again (only then) on drop.
 struct MountPoint(PathBuf, bool);
 

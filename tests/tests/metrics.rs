@@ -310,7 +310,7 @@ fn prometheus_stores_what_the_daemon_counted_and_every_dashboard_and_rule_expres
             );
         }
     }
-    assert_eq!(rules_seen.len(), 13, "{rules_seen:?}");
+    assert_eq!(rules_seen.len(), 16, "{rules_seen:?}");
     // Nothing fires on a healthy router.
     let firing = prom.query("ALERTS{alertstate=\"firing\"}").unwrap();
     assert!(firing.is_empty(), "{firing:?}");

@@ -39,10 +39,10 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
-    /// prints tables and writes target/bench/{sampler,dataplane,metrics}.json.
+    /// prints tables and writes target/bench/{sampler,dataplane,metrics,store}.json.
     /// Needs root.
     Bench {
-        /// Run only this one: sampler, dataplane or metrics.
+        /// Run only this one: sampler, dataplane, metrics or store.
         only: Option<String>,
     },
 }
@@ -301,10 +301,24 @@ fn bench(only: Option<&str>) -> Result<()> {
         bail!("the benchmarks create eBPF maps: run them as root");
     }
     let bench_dir = target_dir().join("bench");
+    // The store benchmark runs `eip-meter bill` and `compute` as processes of their own (their
+    // peak RSS is part of the figures).
+    if only.is_none_or(|o| "store.json".starts_with(o)) {
+        run(cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "metering-daemon",
+            "--bin",
+            "eip-meter",
+        ]))?;
+    }
     for (bin, out) in [
         ("eip-meter-bench", "sampler.json"),
         ("eip-meter-dataplane-bench", "dataplane.json"),
         ("eip-meter-metrics-bench", "metrics.json"),
+        ("eip-meter-store-bench", "store.json"),
     ] {
         if only.is_some_and(|o| !out.starts_with(o)) {
             continue;
@@ -320,7 +334,11 @@ fn bench(only: Option<&str>) -> Result<()> {
                 bin,
                 "--",
             ])
-            .arg(bench_dir.join(out)))?;
+            .arg(bench_dir.join(out))
+            .env(
+                "EIP_METER_BIN",
+                target_dir().join("release").join("eip-meter"),
+            ))?;
     }
     Ok(())
 }

@@ -109,16 +109,18 @@ pub fn samples(hosts: &[HostRounds], presence: &[Presence], rows: &[Row]) -> Vec
         let lo = ((p.from - start).max(0) + step - 1) / step;
         let hi =
             p.to.map_or(n as i64, |to| ((to - start).max(0) + step - 1) / step);
-        for i in lo.max(0) as usize..(hi.max(0) as usize).min(n) {
-            let cover = rounds.cover[i];
-            if cover == NONE
-                || explicit
-                    .get(p.host)
-                    .is_some_and(|e| e.get(i) == Some(&true))
-            {
+        let (lo, hi) = (lo.max(0) as usize, (hi.max(0) as usize).min(n));
+        let host_rows = explicit.get(p.host).map_or(&[][..], Vec::as_slice);
+        for (i, (a, &cover)) in acc
+            .iter_mut()
+            .zip(&rounds.cover)
+            .enumerate()
+            .take(hi)
+            .skip(lo)
+        {
+            if cover == NONE || host_rows.get(i) == Some(&true) {
                 continue;
             }
-            let a = &mut acc[i];
             a.2 |= cover == PARTIAL;
             a.3 += 1;
         }

@@ -62,6 +62,10 @@ pub struct Report {
     pub eips: BTreeMap<String, EipFigures>,
 }
 
+/// How absent intervals are treated (the report's `missing_policy`).
+pub const MISSING_POLICY: &str =
+    "skip: figures over the samples present; gaps counted in missing_samples";
+
 /// Sum of one interval over hosts, with where it came from.
 struct Cell {
     inbound: u64,
@@ -71,7 +75,7 @@ struct Cell {
 }
 
 /// One interval of a series: `(start, inbound bytes, outbound bytes, partial)`.
-type Row = (i64, u64, u64, bool);
+pub type Row = (i64, u64, u64, bool);
 
 /// Parses the samples, sums per interval over hosts, and computes every figure.
 pub fn compute(
@@ -131,7 +135,7 @@ pub fn compute_with_groups(
         timezone: calendar.timezone(),
         sample_rule: options.rule,
         gb_unit: options.gb_unit,
-        missing_policy: "skip: figures over the samples present; gaps counted in missing_samples",
+        missing_policy: MISSING_POLICY,
         eips: BTreeMap::new(),
     };
     for (eip, mut rows) in by_eip {
@@ -154,8 +158,9 @@ pub fn compute_with_groups(
     Ok(report)
 }
 
-/// Runs one sorted series of `(start, inbound, outbound)` through the streaming engine.
-fn figures(
+/// Runs one sorted series of `(start, inbound, outbound, partial)` through the streaming
+/// engine.
+pub fn figures(
     rows: Vec<Row>,
     history: BandwidthHistory,
     calendar: Calendar,
@@ -247,12 +252,29 @@ fn for_each_row(
     }
 }
 
-fn read_samples(
+/// One row of a samples CSV, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleInput {
+    pub line: u64,
+    pub eip: IpAddr,
+    pub start: i64,
+    /// `interval_start` as written (for messages).
+    pub start_text: String,
+    pub inbound: u64,
+    pub outbound: u64,
+    /// Empty when the row names none.
+    pub host: String,
+    pub partial: bool,
+}
+
+/// Checks every row of a samples CSV: bad rows go to `errors`; good ones to `row`, which may
+/// refuse one (a duplicate) by calling its second argument with the reason.
+pub fn parse_samples(
     r: impl Read,
     calendar: &Calendar,
     errors: &mut Vec<InputError>,
-) -> BTreeMap<(IpAddr, i64), Cell> {
-    let mut cells: BTreeMap<(IpAddr, i64), Cell> = BTreeMap::new();
+    mut row: impl FnMut(SampleInput, &mut dyn FnMut(String)),
+) {
     for_each_row(r, "samples", errors, |record, fail| {
         let line = record.position().map_or(0, |p| p.line());
         if !(4..=6).contains(&record.len()) {
@@ -294,31 +316,55 @@ fn read_samples(
             ));
             return;
         }
-        let host = record.get(4).unwrap_or("").to_owned();
-        let cell = cells.entry((eip, start)).or_insert_with(|| Cell {
+        row(
+            SampleInput {
+                line,
+                eip,
+                start,
+                start_text: record[1].to_owned(),
+                inbound,
+                outbound,
+                host: record.get(4).unwrap_or("").to_owned(),
+                partial,
+            },
+            fail,
+        );
+    });
+}
+
+/// The message for a second row of the same EIP, interval and host.
+pub fn duplicate_message(s: &SampleInput, first_line: u64) -> String {
+    let host = if s.host.is_empty() {
+        "(no host)"
+    } else {
+        s.host.as_str()
+    };
+    format!(
+        "{} at {} from host {host} again (first on line {first_line}): duplicate sample",
+        s.eip, s.start_text
+    )
+}
+
+fn read_samples(
+    r: impl Read,
+    calendar: &Calendar,
+    errors: &mut Vec<InputError>,
+) -> BTreeMap<(IpAddr, i64), Cell> {
+    let mut cells: BTreeMap<(IpAddr, i64), Cell> = BTreeMap::new();
+    parse_samples(r, calendar, errors, |s, fail| {
+        let cell = cells.entry((s.eip, s.start)).or_insert_with(|| Cell {
             inbound: 0,
             outbound: 0,
             partial: false,
             hosts: HashMap::new(),
         });
-        match cell.hosts.entry(host) {
-            Entry::Occupied(first) => {
-                let host = if first.key().is_empty() {
-                    "(no host)".to_owned()
-                } else {
-                    first.key().clone()
-                };
-                fail(format!(
-                    "{eip} at {} from host {host} again (first on line {}): duplicate sample",
-                    &record[1],
-                    first.get()
-                ));
-            }
+        match cell.hosts.entry(s.host.clone()) {
+            Entry::Occupied(first) => fail(duplicate_message(&s, *first.get())),
             Entry::Vacant(v) => {
-                v.insert(line);
-                cell.inbound = cell.inbound.saturating_add(inbound);
-                cell.outbound = cell.outbound.saturating_add(outbound);
-                cell.partial |= partial;
+                v.insert(s.line);
+                cell.inbound = cell.inbound.saturating_add(s.inbound);
+                cell.outbound = cell.outbound.saturating_add(s.outbound);
+                cell.partial |= s.partial;
             }
         }
     });
@@ -326,12 +372,12 @@ fn read_samples(
 }
 
 /// Bandwidth histories by EIP, and by group name (rows whose first column is not an address).
-type Histories = (
+pub type Histories = (
     HashMap<IpAddr, BandwidthHistory>,
     HashMap<String, BandwidthHistory>,
 );
 
-fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
+pub fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
     let mut changes: HashMap<IpAddr, Vec<(i64, u64)>> = HashMap::new();
     let mut group_changes: HashMap<String, Vec<(i64, u64)>> = HashMap::new();
     for_each_row(r, "bandwidth history", errors, |record, fail| {
@@ -373,7 +419,7 @@ fn read_bandwidth(r: impl Read, errors: &mut Vec<InputError>) -> Histories {
     )
 }
 
-fn read_groups(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, String> {
+pub fn read_groups(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, String> {
     let mut out: HashMap<IpAddr, (String, u64)> = HashMap::new();
     for_each_row(r, "groups", errors, |record, fail| {
         let line = record.position().map_or(0, |p| p.line());
@@ -393,6 +439,73 @@ fn read_groups(r: impl Read, errors: &mut Vec<InputError>) -> HashMap<IpAddr, St
         }
     });
     out.into_iter().map(|(eip, (g, _))| (eip, g)).collect()
+}
+
+/// Parses a rounds CSV, `host,interval_start,coverage`: the intervals each host sampled, with
+/// `coverage` `complete` (every uplink metered throughout) or `incomplete`/`spread` (not).
+/// With a presence file, it tells a measured zero from a missing interval (see `fleet`).
+pub fn parse_rounds(
+    r: impl Read,
+    calendar: &Calendar,
+    errors: &mut Vec<InputError>,
+    mut row: impl FnMut(&str, i64, bool),
+) {
+    for_each_row(r, "rounds", errors, |record, fail| {
+        if record.len() != 3 || record[0].is_empty() {
+            fail("expected host,interval_start,coverage".to_owned());
+            return;
+        }
+        let complete = match &record[2] {
+            "complete" => true,
+            "incomplete" | "spread" => false,
+            other => {
+                fail(format!(
+                    "coverage `{other}` is not complete, incomplete or spread"
+                ));
+                return;
+            }
+        };
+        match parse_time(&record[1], "interval_start") {
+            Ok(t) if calendar.is_aligned(t) => row(&record[0], t, complete),
+            Ok(_) => fail(format!(
+                "interval_start `{}` is not on a {} s boundary in {}",
+                &record[1],
+                calendar.interval(),
+                calendar.timezone()
+            )),
+            Err(e) => fail(e),
+        }
+    });
+}
+
+/// Parses a presence CSV, `eip,host,from,to`: when an EIP was in a host's inventory, the
+/// interval starts `[from, to)`, `to` empty while it still is.
+pub fn parse_presence(
+    r: impl Read,
+    errors: &mut Vec<InputError>,
+    mut row: impl FnMut(IpAddr, &str, i64, Option<i64>),
+) {
+    for_each_row(r, "presence", errors, |record, fail| {
+        if record.len() != 4 || record[1].is_empty() {
+            fail("expected eip,host,from,to".to_owned());
+            return;
+        }
+        let to = match &record[3] {
+            "" => Ok(None),
+            t => parse_time(t, "to").map(Some),
+        };
+        match (parse_eip(&record[0]), parse_time(&record[2], "from"), to) {
+            (Ok(eip), Ok(from), Ok(to)) if to.is_none_or(|t| t > from) => {
+                row(eip, &record[1], from, to)
+            }
+            (Ok(_), Ok(_), Ok(_)) => fail("`to` is not after `from`".to_owned()),
+            (a, b, c) => {
+                for e in [a.err(), b.err(), c.err()].into_iter().flatten() {
+                    fail(e);
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use chrono::NaiveDate;
 use clap::Subcommand;
 
-use super::offline::{GbArg, RuleArg, parse_month, series_options};
+use super::{
+    compute::{GbArg, RuleArg, series_options},
+    offline::parse_month,
+};
 use crate::{
     billing::calendar::{Calendar, Month},
     config::{BillingStoreConfig, DEFAULT_LOCAL_RETENTION_DAYS},
@@ -81,12 +84,70 @@ pub(super) struct BillArgs {
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
 pub(super) struct BillPeriodArgs {
-    /// One day, YYYY-MM-DD: every subject's daily figures.
-    #[arg(long)]
-    day: Option<NaiveDate>,
-    /// One month, YYYY-MM: every day's figures and the month's.
-    #[arg(long, value_parser = parse_month)]
-    month: Option<Month>,
+    /// One day: YYYY-MM-DD, `today` or `yesterday` (in the billing time zone). Every
+    /// subject's daily figures.
+    #[arg(long, value_parser = parse_day_spec)]
+    day: Option<DaySpec>,
+    /// One month: YYYY-MM, `this` or `last` (in the billing time zone). Every day's figures
+    /// and the month's.
+    #[arg(long, value_parser = parse_month_spec)]
+    month: Option<MonthSpec>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DaySpec {
+    Date(NaiveDate),
+    Today,
+    Yesterday,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum MonthSpec {
+    Month(Month),
+    This,
+    Last,
+}
+
+fn parse_day_spec(s: &str) -> Result<DaySpec, String> {
+    match s {
+        "today" => Ok(DaySpec::Today),
+        "yesterday" => Ok(DaySpec::Yesterday),
+        d => d
+            .parse()
+            .map(DaySpec::Date)
+            .map_err(|_| format!("`{d}` is not a day (YYYY-MM-DD, today or yesterday)")),
+    }
+}
+
+fn parse_month_spec(s: &str) -> Result<MonthSpec, String> {
+    match s {
+        "this" => Ok(MonthSpec::This),
+        "last" => Ok(MonthSpec::Last),
+        m => parse_month(m)
+            .map(MonthSpec::Month)
+            .map_err(|_| format!("`{m}` is not a month (YYYY-MM, this or last)")),
+    }
+}
+
+impl BillPeriodArgs {
+    /// The period, with `today`, `yesterday`, `this` and `last` taken at `now` in `calendar`.
+    fn resolve(&self, calendar: &Calendar, now: i64) -> BillPeriod {
+        let today = calendar.day_of(now);
+        match (self.day, self.month) {
+            (Some(DaySpec::Date(d)), _) => BillPeriod::Day(d),
+            (Some(DaySpec::Today), _) => BillPeriod::Day(today),
+            (Some(DaySpec::Yesterday), _) => {
+                BillPeriod::Day(today.pred_opt().expect("a day before"))
+            }
+            (_, Some(MonthSpec::Month(m))) => BillPeriod::Month(m),
+            (_, Some(MonthSpec::This)) => BillPeriod::Month(Month::of(today)),
+            (_, Some(MonthSpec::Last)) => {
+                let first = Month::of(today).first_day();
+                BillPeriod::Month(Month::of(first.pred_opt().expect("a day before")))
+            }
+            _ => unreachable!("clap requires one"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,11 +203,8 @@ pub(super) fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
             .context("read hosts")?
             .map_or(crate::billing::calendar::DEFAULT_INTERVAL_SECONDS as i32, |r| r.get(0));
         let calendar = Calendar::new(&timezone, interval as u32)?;
-        let period = match (args.period.day, args.period.month) {
-            (Some(d), _) => BillPeriod::Day(d),
-            (_, Some(m)) => BillPeriod::Month(m),
-            _ => unreachable!("clap requires one"),
-        };
+        let now = chrono::Utc::now().timestamp();
+        let period = args.period.resolve(&calendar, now);
         let report = postgres::bill::bill(
             &mut db,
             &BillOptions {
@@ -154,7 +212,7 @@ pub(super) fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
                 calendar,
                 options: series_options(args.sample_rule, args.gb_unit),
                 grace_seconds: i64::from(args.grace_hours) * 3600,
-                now: chrono::Utc::now().timestamp(),
+                now,
                 slice: args.slice as usize,
             },
         )

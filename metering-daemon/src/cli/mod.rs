@@ -5,10 +5,12 @@
 //! * `status.rs`: `counters`, from the pinned maps of a running (or kept) daemon.
 //! * `inventory.rs`: `eip` and `group`, live edits of the config file.
 //! * `billing.rs`: `bill` and `store migrate`, on the shared PostgreSQL billing store.
-//! * `offline.rs`: `samples`, `compute`, `report`, `plot`: the store and the billing figures,
-//!   without a daemon.
+//! * `offline.rs`: `samples`, `report`, `plot`: the local store's samples and figures, without
+//!   a daemon.
+//! * `compute.rs`: `compute`, figures recomputed from CSV files in bounded memory.
 
 mod billing;
+mod compute;
 mod inventory;
 mod offline;
 mod run;
@@ -98,7 +100,7 @@ enum Command {
     /// bad row (unaligned start, duplicate host, negative or non-numeric count, malformed
     /// address) is reported with its line and nothing is printed on stdout; the exit code is
     /// then 1.
-    Compute(offline::ComputeArgs),
+    Compute(compute::ComputeArgs),
     /// Compute the fleet's figures for a day or a month in the shared PostgreSQL billing store,
     /// from every router's shipped samples (summed per interval across hosts before any
     /// percentile), and write them to its `figures` table as revisions. For a systemd timer
@@ -173,7 +175,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Samples(args) => offline::samples(&args.config),
         Command::Report(args) => offline::report(&args),
         Command::Plot(args) => offline::plot(&args),
-        Command::Compute(args) => offline::compute(args),
+        Command::Compute(args) => compute::compute(args),
         Command::Bill(args) => billing::bill(args),
         Command::Store { action } => billing::store(action),
     }

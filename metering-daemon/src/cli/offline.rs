@@ -1,5 +1,4 @@
-//! Commands that read the local store or sample files, without a daemon: `samples`,
-//! `compute`, `report`, `plot`.
+//! Commands that read the local store without a daemon: `samples`, `report`, `plot`.
 
 use std::{
     net::IpAddr,
@@ -9,7 +8,6 @@ use std::{
 
 use anyhow::Context as _;
 use chrono::NaiveDate;
-use clap::ValueEnum;
 use tracing::info;
 
 use super::load_config;
@@ -24,48 +22,6 @@ use crate::{
     policy::{self, Caps},
     store::{Store, Subject},
 };
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(super) enum RuleArg {
-    /// The larger of inbound and outbound.
-    Max,
-    Inbound,
-    Outbound,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(super) enum GbArg {
-    Decimal,
-    Binary,
-}
-
-#[derive(Debug, clap::Args)]
-pub(super) struct ComputeArgs {
-    /// Samples CSV (`-` for stdin).
-    #[arg(long)]
-    samples: PathBuf,
-    /// IANA time zone whose days and months bill.
-    #[arg(long, default_value = crate::billing::calendar::DEFAULT_TIMEZONE)]
-    timezone: String,
-    /// Interval length in seconds (must divide a day).
-    #[arg(long, default_value_t = crate::billing::calendar::DEFAULT_INTERVAL_SECONDS)]
-    interval: u32,
-    /// Bandwidth history CSV: `eip,effective_from,bandwidth_mbps`. Enables the enhanced-95
-    /// baseline and billed peak.
-    #[arg(long)]
-    bandwidth_history: Option<PathBuf>,
-    /// Shared bandwidths CSV: `eip,group`. Adds a `groups` section whose figures come from
-    /// the group's EIPs summed per interval; a group's bandwidth history rows use the group
-    /// name in the `eip` column.
-    #[arg(long)]
-    groups: Option<PathBuf>,
-    /// Which direction makes an interval's billing sample.
-    #[arg(long, value_enum, default_value_t = RuleArg::Max)]
-    sample_rule: RuleArg,
-    /// GB of the outbound figures: 10^9 (decimal) or 2^30 (binary) bytes.
-    #[arg(long, value_enum, default_value_t = GbArg::Decimal)]
-    gb_unit: GbArg,
-}
 
 /// A day or a month of the billing zone.
 #[derive(Debug, clap::Args)]
@@ -282,61 +238,4 @@ pub(super) fn plot(args: &PlotArgs) -> anyhow::Result<ExitCode> {
         ))
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn open_input(path: &Path) -> anyhow::Result<Box<dyn std::io::Read>> {
-    if path == Path::new("-") {
-        return Ok(Box::new(std::io::stdin().lock()));
-    }
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Box::new(std::io::BufReader::new(file)))
-}
-
-pub(super) fn series_options(
-    rule: RuleArg,
-    gb_unit: GbArg,
-) -> crate::billing::series::SeriesOptions {
-    use crate::billing::{GbUnit, SampleRule};
-    crate::billing::series::SeriesOptions {
-        rule: match rule {
-            RuleArg::Max => SampleRule::Max,
-            RuleArg::Inbound => SampleRule::Inbound,
-            RuleArg::Outbound => SampleRule::Outbound,
-        },
-        gb_unit: match gb_unit {
-            GbArg::Decimal => GbUnit::Decimal,
-            GbArg::Binary => GbUnit::Binary,
-        },
-    }
-}
-
-pub(super) fn compute(args: ComputeArgs) -> anyhow::Result<ExitCode> {
-    use crate::billing::{calendar::Calendar, replay};
-    let ComputeArgs {
-        samples,
-        timezone,
-        interval,
-        bandwidth_history,
-        groups,
-        sample_rule: rule,
-        gb_unit,
-    } = args;
-    let calendar = Calendar::new(&timezone, interval)?;
-    let options = series_options(rule, gb_unit);
-    let history = bandwidth_history.as_deref().map(open_input).transpose()?;
-    let groups = groups.as_deref().map(open_input).transpose()?;
-    match replay::compute_with_groups(open_input(&samples)?, history, groups, calendar, options) {
-        Ok(report) => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!("{} problem(s); no figures computed", errors.len());
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }

@@ -19,17 +19,17 @@ use crate::{
     store::{
         Store,
         postgres::{
-            self, Db, PgError, batch,
+            self, Db, PgError,
+            batch::{self, BATCH_ROUNDS, BATCH_ROWS},
             ship::{self, HostIdentity},
         },
     },
 };
 
-/// Rounds per batch (a day of 5-minute rounds), and sample rows after which a batch stops.
-const BATCH_ROUNDS: usize = 288;
-const BATCH_ROWS: usize = 200_000;
 /// Longest wait between attempts while the billing store cannot be reached.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a persisting failure is logged again, with the backlog.
+const REMIND_EVERY: Duration = Duration::from_secs(600);
 /// How often shipped rounds past the local retention are removed.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -60,6 +60,7 @@ pub fn spawn(
             watermark: None,
             backoff: Duration::from_secs(1),
             last_logged_error: None,
+            last_reminder: None,
             last_prune: None,
         };
         loop {
@@ -94,6 +95,7 @@ struct Shipper {
     watermark: Option<i64>,
     backoff: Duration,
     last_logged_error: Option<String>,
+    last_reminder: Option<Instant>,
     last_prune: Option<Instant>,
 }
 
@@ -104,7 +106,7 @@ impl Shipper {
         self.refresh_backlog().await?;
         if self.db.is_none() {
             let mut db = postgres::connect(&self.config).await?;
-            postgres::migrate::check(&db.client).await?;
+            bring_schema_up(&mut db).await?;
             let watermark = ship::register(&mut db, &self.me).await?;
             info!(target = db.target, watermark, "billing store connected");
             self.db = Some(db);
@@ -226,10 +228,21 @@ impl Shipper {
 
     fn failed(&mut self, e: &PgError) {
         let message = e.to_string();
-        // Loud once per distinct failure, then quietly until it changes or clears.
+        let (unshipped, oldest) = {
+            let s = self.status.lock().expect("ship status lock");
+            (s.unshipped_rounds, s.oldest_unshipped)
+        };
+        // Loud once per distinct failure, then a reminder of the backlog every 10 minutes.
         if self.last_logged_error.as_deref() != Some(message.as_str()) {
-            error!(error = %message, "billing store: shipping stopped; rounds are kept locally and shipped when it works again");
+            error!(error = %message, unshipped_rounds = unshipped, oldest_unshipped_round_end = oldest, "billing store: shipping stopped; rounds are kept locally and shipped when it works again");
             self.last_logged_error = Some(message.clone());
+            self.last_reminder = Some(Instant::now());
+        } else if self
+            .last_reminder
+            .is_none_or(|t| t.elapsed() >= REMIND_EVERY)
+        {
+            warn!(error = %message, unshipped_rounds = unshipped, oldest_unshipped_round_end = oldest, "billing store still failing; rounds waiting locally");
+            self.last_reminder = Some(Instant::now());
         } else {
             debug!(error = %message, "billing store still failing");
         }
@@ -277,6 +290,22 @@ impl Shipper {
             write_status(&self.status_path, &status);
         }
     }
+}
+
+/// Applies the schema if this role may (the store's owner), else says who must; a store at a
+/// newer version is refused either way.
+async fn bring_schema_up(db: &mut Db) -> Result<(), PgError> {
+    use postgres::migrate::{self, SCHEMA_VERSION};
+    let version = migrate::version(&db.client).await?;
+    if version < SCHEMA_VERSION {
+        let from = migrate::migrate(&mut db.client).await.map_err(|e| {
+            PgError::Schema(format!(
+                "the store is at schema version {version}, this eip-meter needs {SCHEMA_VERSION}, and its role cannot migrate it ({e}): run `eip-meter store migrate` as the schema's owner"
+            ))
+        })?;
+        info!(from, to = SCHEMA_VERSION, "billing store schema migrated");
+    }
+    migrate::check(&db.client).await
 }
 
 /// Replaces the status file atomically; a failure only costs `report` its shipping line.

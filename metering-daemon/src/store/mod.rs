@@ -31,6 +31,7 @@ mod load;
 pub mod postgres;
 mod records;
 mod ship;
+pub mod staging;
 #[cfg(test)]
 mod tests;
 

@@ -104,13 +104,7 @@ fn main() -> Result<()> {
     for line in &table {
         println!("  {line}");
     }
-    let path = std::path::Path::new(out);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", path.display());
-    Ok(())
+    eip_meter_tests::write_bench_report(out, &report)
 }
 
 fn eips(n: u32) -> Vec<IpAddr> {

@@ -293,12 +293,7 @@ fn main() -> Result<()> {
         1.0 - capped_cpu_pct / 100.0
     );
     println!("| policy for {EIPS} EIPs applied | {apply_seconds:.2} s | |");
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
-    eprintln!("wrote {out}");
-    Ok(())
+    eip_meter_tests::write_bench_report(&out, &report)
 }
 
 /// An Ethernet + IPv4 + UDP frame towards `dst` with `payload` bytes.

@@ -346,10 +346,5 @@ fn main() -> Result<()> {
     for line in &table {
         println!("  {line}");
     }
-    if let Some(parent) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("  written to {out}");
-    Ok(())
+    eip_meter_tests::write_bench_report(out, &report)
 }

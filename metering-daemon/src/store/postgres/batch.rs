@@ -10,6 +10,11 @@ use crate::{
     store::{InventoryChange, PresenceRange, RoundKind, Store, StoreError},
 };
 
+/// Rounds per batch (a day of 5-minute rounds), and sample rows after which a batch stops: a
+/// backlog ships in transactions of bounded size.
+pub const BATCH_ROUNDS: usize = 288;
+pub const BATCH_ROWS: usize = 200_000;
+
 /// One sample row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleRow {

@@ -63,6 +63,12 @@ struct HostInfo {
     shipped_to: i64,
 }
 
+/// The latest stored revision of a subject's period: (revision, closed, figures, hosts, samples).
+type Latest = (i32, bool, serde_json::Value, Vec<String>, i32);
+
+/// Per subject, every host's inventory changes: (effective_from, bandwidth, group).
+type History = BTreeMap<String, Vec<(i64, Option<u64>, Option<String>)>>;
+
 /// One subject's figures to write.
 struct Computed {
     subject: String,
@@ -336,7 +342,7 @@ async fn write_figures(
     }
     let subjects: Vec<&str> = computed.iter().map(|c| c.subject.as_str()).collect();
     let tx = db.client.transaction().await.map_err(pg("begin figures"))?;
-    let latest: HashMap<(String, String), (i32, bool, serde_json::Value, Vec<String>, i32)> = tx
+    let latest: HashMap<(String, String), Latest> = tx
         .query(
             "SELECT DISTINCT ON (subject, period) subject, period, revision, closed, figures,
                     hosts, samples
@@ -354,6 +360,9 @@ async fn write_figures(
             )
         })
         .collect();
+    // One statement for the new revisions and one for the closings, whatever the slice's size.
+    let mut new: Vec<(Computed, i32)> = Vec::new();
+    let mut to_close: Vec<(String, String, i32)> = Vec::new();
     for c in computed {
         match latest.get(&(c.subject.clone(), c.period.clone())) {
             Some((revision, was_closed, figures, hosts, samples))
@@ -361,13 +370,7 @@ async fn write_figures(
             {
                 report.unchanged += 1;
                 if closed && !was_closed {
-                    tx.execute(
-                        "UPDATE figures SET closed = true
-                         WHERE subject = $1 AND kind = $2 AND period = $3 AND revision = $4",
-                        &[&c.subject, &kind, &c.period, revision],
-                    )
-                    .await
-                    .map_err(pg("close figures"))?;
+                    to_close.push((c.subject, c.period, *revision));
                 }
             }
             previous => {
@@ -382,16 +385,53 @@ async fn write_figures(
                         "figures of a closed period changed (late samples): new revision"
                     );
                 }
-                tx.execute(
-                    "INSERT INTO figures (subject, kind, period, revision, closed, figures, hosts, samples)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[&c.subject, &kind, &c.period, &revision, &closed, &c.figures, &c.hosts, &c.samples],
-                )
-                .await
-                .map_err(pg("write figures"))?;
-                report.revisions += 1;
+                new.push((c, revision));
             }
         }
+    }
+    if !new.is_empty() {
+        let subjects: Vec<&str> = new.iter().map(|(c, _)| c.subject.as_str()).collect();
+        let periods: Vec<&str> = new.iter().map(|(c, _)| c.period.as_str()).collect();
+        let revisions: Vec<i32> = new.iter().map(|(_, r)| *r).collect();
+        let figures: Vec<&serde_json::Value> = new.iter().map(|(c, _)| &c.figures).collect();
+        // Host lists as array literals (`{"a","b"}`): no arrays of arrays in one parameter.
+        let hosts: Vec<String> = new
+            .iter()
+            .map(|(c, _)| {
+                let quoted: Vec<String> = c
+                    .hosts
+                    .iter()
+                    .map(|h| format!("\"{}\"", h.replace('\\', "\\\\").replace('"', "\\\"")))
+                    .collect();
+                format!("{{{}}}", quoted.join(","))
+            })
+            .collect();
+        let samples: Vec<i32> = new.iter().map(|(c, _)| c.samples).collect();
+        tx.execute(
+            "INSERT INTO figures (subject, kind, period, revision, closed, figures, hosts, samples)
+             SELECT s, $1, p, r, $2, f, h::text[], n
+             FROM unnest($3::text[], $4::text[], $5::int4[], $6::jsonb[], $7::text[], $8::int4[])
+                  AS x(s, p, r, f, h, n)",
+            &[
+                &kind, &closed, &subjects, &periods, &revisions, &figures, &hosts, &samples,
+            ],
+        )
+        .await
+        .map_err(pg("write figures"))?;
+        report.revisions += new.len();
+    }
+    if !to_close.is_empty() {
+        let subjects: Vec<&str> = to_close.iter().map(|c| c.0.as_str()).collect();
+        let periods: Vec<&str> = to_close.iter().map(|c| c.1.as_str()).collect();
+        let revisions: Vec<i32> = to_close.iter().map(|c| c.2).collect();
+        tx.execute(
+            "UPDATE figures f SET closed = true
+             FROM unnest($2::text[], $3::text[], $4::int4[]) AS x(s, p, r)
+             WHERE f.kind = $1 AND f.subject = x.s AND f.period = x.p AND f.revision = x.r",
+            &[&kind, &subjects, &periods, &revisions],
+        )
+        .await
+        .map_err(pg("close figures"))?;
     }
     tx.commit().await.map_err(pg("commit figures"))?;
     Ok(())
@@ -402,7 +442,7 @@ struct SubjectData {
     presence: HashMap<IpAddr, Vec<Presence>>,
     rows: HashMap<IpAddr, Vec<Row>>,
     /// Per subject (EIP or group), all hosts' changes: (effective_from, bandwidth, group, state).
-    history: BTreeMap<String, Vec<(i64, Option<u64>, Option<String>)>>,
+    history: History,
 }
 
 impl SubjectData {
@@ -456,8 +496,7 @@ impl SubjectData {
             }
         }
         let names: Vec<String> = eips.iter().map(|e| e.to_string()).collect();
-        let mut history: BTreeMap<String, Vec<(i64, Option<u64>, Option<String>)>> =
-            BTreeMap::new();
+        let mut history: History = BTreeMap::new();
         for r in db
             .client
             .query(

@@ -41,6 +41,19 @@ CREATE TABLE watermarks (
     shipped_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- A watermark only moves forward for a router: moving it back would make it ship rounds again
+-- (harmless, rows are idempotent) but would also hide where it stood. Superusers may (restores).
+CREATE FUNCTION eip_meter_watermark_advances() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF NEW.seq < OLD.seq AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user) THEN
+        RAISE EXCEPTION 'the watermark of % only advances (% -> %)', OLD.host, OLD.seq, NEW.seq;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER watermark_advances BEFORE UPDATE ON watermarks
+    FOR EACH ROW EXECUTE FUNCTION eip_meter_watermark_advances();
+
 -- The intervals each host sampled: complete (every uplink metered), incomplete (an uplink was
 -- not, for part of it), spread (the daemon was down: a delta spread over the interval).
 -- With `presence`, what tells a measured zero (no sample row) from a missing interval.
