@@ -142,19 +142,24 @@ impl Netns {
     /// A `Command` that runs in this namespace (network only: the mount namespace, and so
     /// `/sys/fs/bpf`, stays the host's, unlike `ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let file = File::open(self.path()).context("open netns")?;
-        let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; `file` outlives the fork because the closure owns it.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        command_in(&self.path(), program)
     }
+}
+
+/// A `Command` that runs in the network namespace at `path` (see [`Netns::command`]).
+pub fn command_in(path: &Path, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+    let file = File::open(path).with_context(|| format!("open netns {}", path.display()))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; `file` outlives the fork because the closure owns it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 impl Drop for Netns {

@@ -2,6 +2,9 @@
 //! unprivileged user (`nobody`), Unix socket only (no TCP port), SCRAM passwords for every
 //! role, stopped and removed on drop. The billing schema is applied with `eip-meter store
 //! migrate` and login roles with `deploy/postgres/login-role.sql`, as an operator would.
+//!
+//! [`Postgres::start_tls`] also listens on `localhost` inside a network namespace of the test,
+//! with TLS only, under a certificate of a CA made for the test (`openssl`).
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -28,20 +31,38 @@ pub struct Postgres {
     data: PathBuf,
     /// Where the server's socket lives (the `host` of a libpq URL).
     pub socket_dir: PathBuf,
+    /// With TLS: the namespace the server listens in (on `localhost`), and the CA's PEM file.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Postgres {
     /// A new cluster with the `billing` database at the current schema, started.
     pub fn start(eip_meter: &Path) -> Result<Self> {
+        Self::create(eip_meter, None)
+    }
+
+    /// [`Postgres::start`], also listening on `localhost:5432` inside `ns` (whose loopback is
+    /// up) with TLS required on TCP (`hostssl` only), its certificate signed by a CA made here.
+    pub fn start_tls(eip_meter: &Path, ns: &crate::Netns) -> Result<Self> {
+        Self::create(eip_meter, Some(ns.path()))
+    }
+
+    /// The CA that signed the server's certificate (TLS clusters).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(_, ca)| ca.as_path())
+    }
+
+    fn create(eip_meter: &Path, tls_ns: Option<PathBuf>) -> Result<Self> {
         ensure!(
             Path::new(BIN).join("initdb").exists(),
             "PostgreSQL 15 is not installed ({BIN}/initdb missing): run `cargo xtask setup`"
         );
         let dir = std::env::temp_dir().join(crate::unique_tag("pg"));
         std::fs::create_dir_all(&dir)?;
-        let pg = Self {
+        let mut pg = Self {
             data: dir.join("data"),
             socket_dir: dir.join("socket"),
+            tls: None,
             dir,
         };
         std::fs::create_dir_all(&pg.socket_dir)?;
@@ -66,6 +87,15 @@ impl Postgres {
             .output()
             .context("initdb")
             .and_then(check("initdb"))?;
+        if let Some(ns) = tls_ns {
+            let ca = pg.make_certificates()?;
+            // TCP only with TLS; the socket as before.
+            std::fs::write(
+                pg.data.join("pg_hba.conf"),
+                "local all all scram-sha-256\nhostssl all all localhost scram-sha-256\n",
+            )?;
+            pg.tls = Some((ns, ca));
+        }
         pg.start_server()?;
         pg.psql_super("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
         let out = Command::new(eip_meter)
@@ -85,13 +115,121 @@ impl Postgres {
         cmd
     }
 
+    /// A CA and a server certificate for `localhost` (EC P-256, two days), with `openssl`.
+    /// Returns the CA's PEM file.
+    fn make_certificates(&self) -> Result<PathBuf> {
+        let d = &self.dir;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(d).output()?;
+            check("openssl")(out).map(|_| ())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=eip-meter test CA",
+                ],
+            ]
+            .concat(),
+        )?;
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        )?;
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ])?;
+        // The server reads its key as the cluster's owner, and only then.
+        for f in ["server.key", "server.pem"] {
+            std::os::unix::fs::chown(d.join(f), Some(UID), Some(GID))?;
+        }
+        std::fs::set_permissions(
+            d.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        Ok(d.join("ca.pem"))
+    }
+
+    /// `pg_ctl` as the cluster's owner, inside the TLS namespace when there is one.
+    fn pg_ctl(&self) -> Result<Command> {
+        let pg_ctl = format!("{BIN}/pg_ctl");
+        Ok(match &self.tls {
+            // setns needs root: enter the namespace first, then drop to the owner.
+            Some((ns, _)) => {
+                let mut cmd = crate::command_in(ns, "setpriv")?;
+                cmd.args([
+                    &format!("--reuid={UID}"),
+                    &format!("--regid={GID}"),
+                    "--clear-groups",
+                    &pg_ctl,
+                ])
+                .current_dir(&self.dir)
+                .env_remove("PGDATA");
+                cmd
+            }
+            None => self.as_postgres(&pg_ctl),
+        })
+    }
+
     /// Starts the server (again); waits until it accepts connections.
     pub fn start_server(&self) -> Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=50 -c shared_buffers=64MB",
             self.socket_dir.display()
         );
-        self.as_postgres(&format!("{BIN}/pg_ctl"))
+        if self.tls.is_some() {
+            options = format!(
+                "{} -c listen_addresses=localhost -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}' -c log_connections=on",
+                options.replace("-c listen_addresses=''", ""),
+                self.dir.join("server.pem").display(),
+                self.dir.join("server.key").display()
+            );
+        }
+        self.pg_ctl()?
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -106,7 +244,7 @@ impl Postgres {
 
     /// Stops the server (fast: open connections are cut, as an outage would).
     pub fn stop_server(&self) -> Result<()> {
-        self.as_postgres(&format!("{BIN}/pg_ctl"))
+        self.pg_ctl()?
             .arg("-D")
             .arg(&self.data)
             .args(["-m", "fast", "-w", "-t", "30", "stop"])
@@ -215,8 +353,22 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .as_postgres(&format!("{BIN}/pg_ctl"))
+        let Ok(mut pg_ctl) = self.pg_ctl() else {
+            // The namespace is gone: stop the postmaster by its pid (SIGQUIT: immediate).
+            if let Some(pid) = std::fs::read_to_string(self.data.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGQUIT,
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        };
+        let _ = pg_ctl
             .arg("-D")
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "-t", "10", "stop"])

@@ -377,6 +377,9 @@ fn the_metrics_address_in_use_is_a_clear_error_at_start_and_in_validate() {
         .arg(&path)
         .output()
         .unwrap();
+    // The refused start created its state directory (no Daemon guard here to remove it).
+    let _ =
+        std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", topo.router.name())));
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(

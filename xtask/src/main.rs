@@ -60,6 +60,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     // PostgreSQL 15: the billing store's tests start a private cluster with its initdb
     "postgresql",
+    // a CA and a server certificate for the billing store's TLS test
+    "openssl",
     // renders the demo's and the tests' charts
     "chromium",
 ];

@@ -173,7 +173,8 @@ fn tls(store: &BillingStoreConfig) -> Result<tokio_postgres_rustls::MakeRustlsCo
 }
 
 /// Connects to the billing store: the password from `password_file` or the environment, TLS
-/// (rustls, the server's certificate verified) unless `sslmode=disable` or a Unix socket.
+/// (rustls, the server's certificate and name verified; required, never a fallback to plain
+/// text) unless `sslmode=disable` or a Unix socket.
 pub async fn connect(store: &BillingStoreConfig) -> Result<Db, PgError> {
     let mut config: tokio_postgres::Config = store
         .url
@@ -190,6 +191,11 @@ pub async fn connect(store: &BillingStoreConfig) -> Result<Db, PgError> {
         .get_hosts()
         .iter()
         .all(|h| matches!(h, Host::Unix(_)));
+    // Over the network, TLS unless the URL says `sslmode=disable`: libpq's default `prefer`
+    // would fall back to plain text when the server (or someone in between) declines.
+    if !unix && config.get_ssl_mode() == SslMode::Prefer {
+        config.ssl_mode(SslMode::Require);
+    }
     let connect_err = |source| PgError::Connect {
         target: target.clone(),
         source,
