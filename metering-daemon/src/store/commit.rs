@@ -292,7 +292,6 @@ impl Store {
         {
             let _ = std::fs::remove_file(self.groups_file(old));
         }
-        self.sample_bytes += samples.len() as u64;
         self.last_commit_bytes = (samples.len()
             + snapshot.len()
             + checkpoint_blob.len()

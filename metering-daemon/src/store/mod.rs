@@ -162,8 +162,6 @@ pub struct Store {
     checkpoint_live: std::collections::BTreeMap<i64, u64>,
     /// Rounds per day: the checkpoint rotation's length (the `turn` of `checkpoint_refs`).
     rotation: u32,
-    /// Bytes of all sample files (they are only ever added).
-    sample_bytes: u64,
     /// Bytes the last commit wrote to its record files.
     last_commit_bytes: u64,
     /// The database file, for its size.
@@ -190,6 +188,10 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
+        // The daemon's rounds, the shipper's acknowledgements and pruning, and `report` each
+        // have a connection: a writer waits for another's short transaction instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
         // WAL + synchronous=FULL: a committed round survives power loss.
         // 64 KiB pages: a round is a few large blobs, and big pages mean short overflow chains.
         // (Takes effect only when the file is created.)
@@ -276,17 +278,10 @@ impl Store {
             checkpoint_seq,
             checkpoint_live,
             rotation: 288,
-            sample_bytes: 0,
             last_commit_bytes: 0,
             path: path.to_owned(),
             inventory: None,
         };
-        store.sample_bytes = store
-            .conn
-            .query_row("SELECT COALESCE(SUM(bytes), 0) FROM rounds", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(sql("read store size"))? as u64;
         let rows =
             pair_rows::<u32, String>(&store.conn, "SELECT id, address FROM eips", "read EIP ids")?;
         for (id, address) in rows {
@@ -377,7 +372,9 @@ impl Store {
         let live: i64 = self
             .conn
             .query_row(
-                "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM snapshot)
+                // Summed each time: the shipper prunes rounds through a connection of its own.
+                "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM rounds)
+                      + (SELECT COALESCE(SUM(bytes), 0) FROM snapshot)
                       + (SELECT COALESCE(SUM(bytes), 0) FROM checkpoint_files)
                       + (SELECT COALESCE(SUM(bytes), 0) FROM group_state)",
                 [],
@@ -389,7 +386,7 @@ impl Store {
             p.push(suffix);
             std::fs::metadata(p).map_or(0, |m| m.len())
         };
-        Ok(self.sample_bytes + live as u64 + file_len("") + file_len("-wal"))
+        Ok(live as u64 + file_len("") + file_len("-wal"))
     }
 
     /// Bytes the last commit wrote to its record files.

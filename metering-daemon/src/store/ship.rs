@@ -140,13 +140,13 @@ impl Store {
     /// Removes the rounds (rows and sample files) the billing store holds (`seq <= shipped`)
     /// whose boundary is before `before`. Never an unshipped round. Returns how many.
     pub fn prune_shipped(&mut self, shipped: i64, before: i64) -> Result<usize, StoreError> {
-        let doomed: Vec<(i64, i64)> = {
+        let doomed: Vec<i64> = {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT seq, bytes FROM rounds WHERE seq <= ?1 AND boundary < ?2")
+                .prepare_cached("SELECT seq FROM rounds WHERE seq <= ?1 AND boundary < ?2")
                 .map_err(sql("prune rounds"))?;
             let rows = stmt
-                .query_map(params![shipped, before], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![shipped, before], |r| r.get(0))
                 .map_err(sql("prune rounds"))?;
             rows.collect::<Result<_, _>>()
                 .map_err(sql("prune rounds"))?
@@ -160,9 +160,8 @@ impl Store {
                 params![shipped, before],
             )
             .map_err(sql("prune rounds"))?;
-        for (seq, bytes) in &doomed {
+        for seq in &doomed {
             let _ = std::fs::remove_file(self.samples_file(*seq));
-            self.sample_bytes = self.sample_bytes.saturating_sub(*bytes as u64);
         }
         Ok(doomed.len())
     }

@@ -298,3 +298,62 @@ fn shared_bandwidths_survive_a_restart_and_their_closed_days_are_stored() {
     assert_eq!(group_day.figures.max_bandwidth_mbps, Some(300));
     assert!(days.iter().any(|f| f.subject == Subject::Eip(a)));
 }
+
+#[test]
+fn only_shipped_rounds_past_the_retention_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eip: IpAddr = "203.0.113.10".parse().unwrap();
+    let mut s = sampler(&db);
+    s.eip_added(eip, T0);
+    for k in 1..=6u64 {
+        s.round(T0 + 300 * k as i64, &[(eip, counters(1000 * k, 10 * k))])
+            .unwrap();
+    }
+    let store = s.store();
+    let seqs: Vec<i64> = store
+        .rounds_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs.len(), 6);
+    assert_eq!(store.unshipped(0).unwrap(), (6, Some(T0 + 300)));
+    // The billing store holds the first four rounds.
+    store.set_shipped(seqs[3], T0 + 2000).unwrap();
+    assert_eq!(store.shipped().unwrap(), Some((seqs[3], T0 + 2000)));
+    assert_eq!(store.unshipped(seqs[3]).unwrap(), (2, Some(T0 + 1500)));
+    let sample_bytes = |st: &Store| -> i64 {
+        st.conn
+            .query_row("SELECT COALESCE(SUM(bytes), 0) FROM rounds", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let before = sample_bytes(store);
+
+    // From another connection, as the shipper does. Rounds ending before T0 + 1000 and shipped:
+    // the first three; the fifth and sixth are old enough too but not shipped: kept.
+    let mut pruner = Store::open_reader(&db).unwrap();
+    assert_eq!(pruner.prune_shipped(seqs[3], T0 + 1000).unwrap(), 3);
+    assert_eq!(pruner.prune_shipped(seqs[3], T0 + 100_000).unwrap(), 1);
+    assert_eq!(pruner.prune_shipped(seqs[3], T0 + 100_000).unwrap(), 0);
+    let left: Vec<i64> = store
+        .rounds_after(0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(left, &seqs[4..]);
+    for seq in &seqs[..4] {
+        assert!(
+            !store.samples_file(*seq).exists(),
+            "round {seq} left a file"
+        );
+    }
+    for seq in &seqs[4..] {
+        assert!(store.samples_file(*seq).exists());
+    }
+    // What `disk_bytes` counts for sample files shrinks for the daemon's own connection too.
+    assert_eq!(sample_bytes(store), before * 2 / 6);
+}

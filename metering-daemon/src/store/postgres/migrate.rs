@@ -2,7 +2,7 @@
 //! transaction and recorded in `eip_meter_schema`. A store at a newer version than this
 //! binary knows is refused, never written.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::{PgError, pg};
 
@@ -13,7 +13,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_initi
 pub const SCHEMA_VERSION: i32 = 1;
 
 /// The version the store is at (0: empty).
-pub async fn version(client: &Client) -> Result<i32, PgError> {
+pub async fn version(client: &impl GenericClient) -> Result<i32, PgError> {
     let exists: bool = client
         .query_one(
             "SELECT to_regclass('public.eip_meter_schema') IS NOT NULL",
@@ -35,15 +35,6 @@ pub async fn version(client: &Client) -> Result<i32, PgError> {
 
 /// Brings the store to [`SCHEMA_VERSION`]; returns the version it was at.
 pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
-    let tx = client.transaction().await.map_err(pg("begin migration"))?;
-    // One migrator at a time (two routers starting together).
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('eip_meter_migrate'))",
-        &[],
-    )
-    .await
-    .map_err(pg("lock for migration"))?;
-    tx.commit().await.map_err(pg("lock for migration"))?;
     let from = version(client).await?;
     if from > SCHEMA_VERSION {
         return Err(PgError::Schema(format!(
@@ -52,28 +43,15 @@ pub async fn migrate(client: &mut Client) -> Result<i32, PgError> {
     }
     for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
         let tx = client.transaction().await.map_err(pg("begin migration"))?;
+        // One migrator at a time (two routers starting together); another may have applied
+        // this one meanwhile.
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('eip_meter_migrate'))",
             &[],
         )
         .await
         .map_err(pg("lock for migration"))?;
-        // Another migrator may have applied it meanwhile (its table may not exist yet).
-        let table: bool = tx
-            .query_one(
-                "SELECT to_regclass('public.eip_meter_schema') IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(pg("read schema version"))?
-            .get(0);
-        let applied = table
-            && tx
-                .query_opt("SELECT 1 FROM eip_meter_schema WHERE version = $1", &[v])
-                .await
-                .map_err(pg("read schema version"))?
-                .is_some();
-        if applied {
+        if version(&tx).await? >= *v {
             continue;
         }
         tx.batch_execute(sql).await.map_err(pg("apply migration"))?;

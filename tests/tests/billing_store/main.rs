@@ -1,0 +1,214 @@
+//! Shipping to a real PostgreSQL 15 (a private cluster per test, `initdb` as `nobody`, Unix
+//! socket only) and fleet figures with `eip-meter bill`:
+//!
+//! * an ECMP pair: the fleet figures equal `eip-meter compute` over both routers' exports, and
+//!   the bytes shipped equal the bytes sent;
+//! * PostgreSQL down for several rounds, then back: every round arrives, none twice;
+//! * `kill -9` of the daemon at three points of a ship: none lost, none twice;
+//! * a conflicting row is refused and counted; the same host name on a second machine is refused;
+//! * a wrong password or URL: a clear error in `validate` and at start, metering goes on;
+//! * `bill` twice changes nothing; a late sample adds a revision; the roles keep to their rows;
+//! * over TCP, TLS with the server's certificate verified, never plain text.
+
+mod billing;
+mod shipping;
+mod tls;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    thread,
+    time::Duration,
+};
+
+use eip_meter_tests::{
+    Daemon, SampleRow, UdpSink, exposition_value, mixed_sizes,
+    postgres::Postgres,
+    send_udp,
+    topology::{Topology, TopologyOptions},
+};
+
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_eip-meter-under-test"))
+}
+
+/// One-second rounds in UTC: a test sees many of them.
+pub const SAMPLER: &str = "interval_seconds = 1\ntimezone = \"UTC\"";
+
+/// Checks `done` every `every` until it holds (true) or `timeout` passes (false).
+pub fn poll(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(every);
+    }
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The boundary up to which the billing store holds `host`'s rounds (0: none yet).
+pub fn shipped_boundary(pg: &Postgres, host: &str) -> i64 {
+    pg.value::<i64>(&format!(
+        "SELECT coalesce((SELECT boundary FROM watermarks WHERE host = '{host}'), 0)"
+    ))
+    .unwrap_or(0)
+}
+
+/// Waits until the billing store holds `host`'s rounds up to at least `t`.
+pub fn wait_shipped(pg: &Postgres, daemon: &Daemon, host: &str, t: i64, timeout: Duration) {
+    let reached = poll(timeout, Duration::from_millis(100), || {
+        shipped_boundary(pg, host) >= t
+    });
+    assert!(
+        reached,
+        "{host} not shipped up to {t} within {timeout:?} (at {}); log:\n{}",
+        shipped_boundary(pg, host),
+        daemon.log()
+    );
+}
+
+/// `(eip, interval_start) -> (bytes_in, bytes_out, state)` of `host` in the billing store.
+pub fn stored_rows(pg: &Postgres, host: &str) -> BTreeMap<(IpAddr, i64), (u64, u64, String)> {
+    pg.query(&format!(
+        "SELECT host(eip), interval_start, bytes_in, bytes_out, state FROM samples
+         WHERE host = '{host}' ORDER BY 1, 2"
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| {
+        let f: Vec<&str> = l.split('|').collect();
+        (
+            (f[0].parse().unwrap(), f[1].parse().unwrap()),
+            (
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+                f[4].to_owned(),
+            ),
+        )
+    })
+    .collect()
+}
+
+/// The intervals the billing store says `host` sampled.
+pub fn stored_rounds(pg: &Postgres, host: &str) -> BTreeSet<i64> {
+    pg.query(&format!(
+        "SELECT interval_start FROM rounds WHERE host = '{host}'"
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(|l| l.parse().unwrap())
+    .collect()
+}
+
+/// Checks the billing store against the local store of `daemon` (stopped) up to what it
+/// shipped: every interval sampled locally is a round there, every local sample with traffic
+/// is a row there with the same values, every row there is a local sample, and the byte sums
+/// agree (a round shipped twice or lost would break one of these).
+pub fn assert_store_matches_local(pg: &Postgres, daemon: &Daemon, host: &str) -> Vec<SampleRow> {
+    let boundary = shipped_boundary(pg, host);
+    let local: Vec<SampleRow> = daemon
+        .samples()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.start < boundary)
+        .collect();
+    assert!(!local.is_empty(), "no local samples before {boundary}");
+    let rows = stored_rows(pg, host);
+    let local_intervals: BTreeSet<i64> = local.iter().map(|s| s.start).collect();
+    assert_eq!(
+        stored_rounds(pg, host),
+        local_intervals,
+        "the rounds in the billing store are not the intervals sampled locally"
+    );
+    let by_key: BTreeMap<(IpAddr, i64), &SampleRow> =
+        local.iter().map(|s| ((s.eip, s.start), s)).collect();
+    for (key, (i, o, state)) in &rows {
+        let l = by_key
+            .get(key)
+            .unwrap_or_else(|| panic!("stored row {key:?} has no local sample"));
+        assert_eq!(
+            (l.bytes_in, l.bytes_out, &l.state),
+            (*i, *o, state),
+            "{key:?}"
+        );
+    }
+    for s in &local {
+        if s.bytes_in > 0 || s.bytes_out > 0 {
+            assert!(
+                rows.contains_key(&(s.eip, s.start)),
+                "local sample with traffic {s:?} missing from the billing store"
+            );
+        }
+    }
+    let sum = |f: fn(&SampleRow) -> u64| local.iter().map(f).sum::<u64>();
+    let stored: (u64, u64) = rows
+        .values()
+        .fold((0, 0), |(a, b), (i, o, _)| (a + i, b + o));
+    assert_eq!(stored, (sum(|s| s.bytes_in), sum(|s| s.bytes_out)));
+    local
+}
+
+/// Stops `daemon` and checks the billing store holds its rounds exactly once
+/// ([`assert_store_matches_local`]) and refused nothing.
+pub fn assert_shipped_exactly_once(pg: &Postgres, daemon: &mut Daemon, host: &str) {
+    assert!(daemon.stop().unwrap());
+    assert_store_matches_local(pg, daemon, host);
+    assert_eq!(
+        pg.value::<i64>("SELECT count(*) FROM sample_conflicts")
+            .unwrap(),
+        0
+    );
+}
+
+/// One metric of a daemon's exposition.
+pub fn metric(daemon: &Daemon, ns: &eip_meter_tests::Netns, series: &str) -> f64 {
+    let text = daemon.scrape(ns).unwrap().body;
+    exposition_value(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// A single router shipping to `pg` as role `router_a`.
+pub struct OneRouter {
+    pub topo: Topology,
+    pub eip: IpAddr,
+    pub sink: UdpSink,
+}
+
+impl OneRouter {
+    pub fn new(eip: IpAddr) -> Self {
+        let topo = Topology::new(&TopologyOptions {
+            tenant_addresses: vec![eip],
+            ipv6: false,
+        })
+        .unwrap();
+        let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(eip, 0)).unwrap();
+        Self { topo, eip, sink }
+    }
+
+    pub fn config(&self, store: &str) -> String {
+        let mut c = self.topo.config_with(&[], "", SAMPLER);
+        c.push_str(&format!("\n[[eip]]\naddress = \"{}\"\n{store}", self.eip));
+        c
+    }
+
+    /// A burst of mixed-size datagrams from the Internet to the EIP; the IP-layer bytes.
+    pub fn burst(&self, count: usize) -> u64 {
+        let inet = Topology::internet_addr(self.eip, 0).ip();
+        send_udp(
+            &self.topo.internet,
+            inet,
+            self.sink.addr,
+            mixed_sizes(count, false),
+        )
+        .unwrap()
+    }
+}
