@@ -156,6 +156,7 @@ fn an_uplink_deleted_and_recreated_while_running_meters_again_within_a_second() 
     let recreated_at = unix_now();
     topo.connect_uplink("inet0").unwrap();
     let took = wait_attached(&topo, "programs back on the recreated uplink");
+    println!("programs back on the recreated uplink after {took:?}");
     assert!(took < Duration::from_secs(1), "reattached after {took:?}");
     let attached_at = unix_now();
 
