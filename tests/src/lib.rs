@@ -696,3 +696,17 @@ pub fn write_bench_report(path: impl AsRef<Path>, report: &impl serde::Serialize
     println!("wrote {}", path.display());
     Ok(())
 }
+
+/// The `i`th EIP of the benchmarks: 2001:db8:be::/96, room for 2^32.
+pub fn bench_eip(i: u32) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0xbe,
+        0,
+        0,
+        0,
+        (i >> 16) as u16,
+        i as u16,
+    ))
+}

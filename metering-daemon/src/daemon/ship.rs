@@ -17,7 +17,7 @@ use super::now_seconds;
 use crate::{
     config::BillingStoreConfig,
     store::{
-        Store,
+        Store, StoreError,
         postgres::{
             self, Db, PgError,
             batch::{self, BATCH_ROUNDS, BATCH_ROWS},
@@ -62,6 +62,7 @@ pub fn spawn(
             last_logged_error: None,
             last_reminder: None,
             last_prune: None,
+            reader: None,
         };
         loop {
             match shipper.step().await {
@@ -97,14 +98,16 @@ struct Shipper {
     last_logged_error: Option<String>,
     last_reminder: Option<Instant>,
     last_prune: Option<Instant>,
+    /// The shipper's connection to the local store.
+    reader: Option<Store>,
 }
 
 impl Shipper {
     /// Ships one batch; `Ok(true)` if there may be more.
     async fn step(&mut self) -> Result<bool, PgError> {
-        // The backlog first, so it shows while the billing store cannot be reached.
-        self.refresh_backlog().await?;
         if self.db.is_none() {
+            // The backlog first, so it shows while the billing store cannot be reached.
+            self.refresh_backlog().await?;
             let mut db = postgres::connect(&self.config).await?;
             bring_schema_up(&mut db).await?;
             let watermark = ship::register(&mut db, &self.me).await?;
@@ -115,16 +118,13 @@ impl Shipper {
         }
         let after = self.watermark.unwrap_or(0);
         let step = i64::from(self.me.interval_seconds);
-        let path = self.store_path.clone();
-        let built = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-            let store = Store::open_reader(&path)?;
-            let batch = batch::build(&store, after, step, BATCH_ROUNDS, BATCH_ROWS)?;
-            let unshipped = store.unshipped(after)?;
-            Ok((batch, unshipped))
-        })
-        .await
-        .expect("batch builder panicked")?;
-        let (batch, (unshipped, oldest)) = built;
+        let (batch, (unshipped, oldest)) = self
+            .with_store(move |store| {
+                store.load_addresses()?;
+                let batch = batch::build(store, after, step, BATCH_ROUNDS, BATCH_ROWS)?;
+                Ok((batch, store.unshipped(after)?))
+            })
+            .await?;
         self.set(|s| {
             s.unshipped_rounds = unshipped;
             s.oldest_unshipped = oldest;
@@ -166,11 +166,9 @@ impl Shipper {
             );
         }
         let seconds = started.elapsed().as_secs_f64();
-        let path = self.store_path.clone();
         let (last_seq, at) = (batch.last_seq, now_seconds() as i64);
-        tokio::task::spawn_blocking(move || Store::open_reader(&path)?.set_shipped(last_seq, at))
-            .await
-            .expect("ack writer panicked")?;
+        self.with_store(move |store| store.set_shipped(last_seq, at))
+            .await?;
         self.watermark = Some(batch.last_seq);
         self.backoff = Duration::from_secs(1);
         if self.last_logged_error.take().is_some() {
@@ -204,21 +202,44 @@ impl Shipper {
         Ok(remaining > 0)
     }
 
+    /// Runs `f` on the shipper's own connection to the local store (opened on first use and
+    /// kept: opening reads every EIP's id) on the blocking pool.
+    async fn with_store<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let kept = self.reader.take();
+        let path = self.store_path.clone();
+        let (store, result) = tokio::task::spawn_blocking(move || {
+            let mut store = match kept {
+                Some(store) => store,
+                None => match Store::open_reader(&path) {
+                    Ok(store) => store,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = f(&mut store);
+            (Some(store), result)
+        })
+        .await
+        .expect("local store task panicked");
+        self.reader = store;
+        result
+    }
+
     /// Counts the rounds the billing store does not hold: after its watermark when known,
     /// else after the last acknowledgement the local store recorded.
     async fn refresh_backlog(&mut self) -> Result<(), PgError> {
-        let path = self.store_path.clone();
         let known = self.watermark;
-        let (unshipped, oldest) = tokio::task::spawn_blocking(move || {
-            let store = Store::open_reader(&path)?;
-            let after = match known {
-                Some(w) => w,
-                None => store.shipped()?.map_or(0, |(seq, _)| seq),
-            };
-            store.unshipped(after)
-        })
-        .await
-        .expect("backlog counter panicked")?;
+        let (unshipped, oldest) = self
+            .with_store(move |store| {
+                let after = match known {
+                    Some(w) => w,
+                    None => store.shipped()?.map_or(0, |(seq, _)| seq),
+                };
+                store.unshipped(after)
+            })
+            .await?;
         self.set(|s| {
             s.unshipped_rounds = unshipped;
             s.oldest_unshipped = oldest;
@@ -263,12 +284,9 @@ impl Shipper {
             return;
         };
         let before = now_seconds() as i64 - i64::from(self.config.local_retention_days) * 86_400;
-        let path = self.store_path.clone();
-        let pruned = tokio::task::spawn_blocking(move || {
-            Store::open_reader(&path)?.prune_shipped(shipped, before)
-        })
-        .await
-        .expect("pruner panicked");
+        let pruned = self
+            .with_store(move |store| store.prune_shipped(shipped, before))
+            .await;
         match pruned {
             Ok(0) => {}
             Ok(n) => info!(

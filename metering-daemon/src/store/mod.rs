@@ -282,14 +282,25 @@ impl Store {
             path: path.to_owned(),
             inventory: None,
         };
-        let rows =
-            pair_rows::<u32, String>(&store.conn, "SELECT id, address FROM eips", "read EIP ids")?;
+        store.load_addresses()?;
+        Ok(store)
+    }
+
+    /// Reads the EIP ids added since this connection last looked (all of them at open): a
+    /// reader kept open beside the daemon sees the EIPs the daemon adds later.
+    pub fn load_addresses(&mut self) -> Result<(), StoreError> {
+        let known = self.addresses.keys().max().map_or(-1, |&id| i64::from(id));
+        let rows = pair_rows::<u32, String>(
+            &self.conn,
+            &format!("SELECT id, address FROM eips WHERE id > {known}"),
+            "read EIP ids",
+        )?;
         for (id, address) in rows {
             let eip = parse_eip(&address)?;
-            store.ids.insert(eip, id);
-            store.addresses.insert(id, eip);
+            self.ids.insert(eip, id);
+            self.addresses.insert(id, eip);
         }
-        Ok(store)
+        Ok(())
     }
 
     /// Records the interval, time zone and host on first use and refuses different ones later:

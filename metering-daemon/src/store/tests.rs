@@ -357,3 +357,28 @@ fn only_shipped_rounds_past_the_retention_are_pruned() {
     // What `disk_bytes` counts for sample files shrinks for the daemon's own connection too.
     assert_eq!(sample_bytes(store), before * 2 / 6);
 }
+
+#[test]
+fn a_reader_kept_open_sees_eips_added_after_it_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let a: IpAddr = "203.0.113.10".parse().unwrap();
+    let b: IpAddr = "203.0.113.11".parse().unwrap();
+    let mut s = sampler(&db);
+    s.eip_added(a, T0);
+    s.round(T0 + 300, &[(a, counters(100, 1))]).unwrap();
+    let mut reader = Store::open_reader(&db).unwrap();
+    s.eip_added(b, T0 + 300);
+    s.round(T0 + 600, &[(a, counters(200, 2)), (b, counters(50, 5))])
+        .unwrap();
+    let last = reader.rounds_after(0, 10).unwrap().pop().unwrap();
+    assert!(reader.round_samples(&last).is_err(), "b is unknown until reloaded");
+    reader.load_addresses().unwrap();
+    let eips: Vec<IpAddr> = reader
+        .round_samples(&last)
+        .unwrap()
+        .iter()
+        .map(|(e, _)| *e)
+        .collect();
+    assert_eq!(eips, [a, b]);
+}

@@ -9,12 +9,7 @@
 //!
 //! Usage: eip-meter-bench OUT.json   (needs root: it creates eBPF maps)
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv6Addr},
-    process::Command,
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Instant};
 
 use anyhow::{Context, Result, ensure};
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
@@ -108,20 +103,7 @@ fn main() -> Result<()> {
 }
 
 fn eips(n: u32) -> Vec<IpAddr> {
-    (0..n)
-        .map(|i| {
-            IpAddr::V6(Ipv6Addr::new(
-                0x2001,
-                0xdb8,
-                0xbe,
-                0,
-                0,
-                0,
-                (i >> 16) as u16,
-                i as u16,
-            ))
-        })
-        .collect()
+    (0..n).map(eip_meter_tests::bench_eip).collect()
 }
 
 struct RoundResult {

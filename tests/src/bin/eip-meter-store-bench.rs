@@ -12,14 +12,14 @@
 
 use std::{
     io::Write as _,
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use eip_meter_tests::postgres::Postgres;
+use eip_meter_tests::{bench_eip as eip, postgres::Postgres};
 use metering_common::TrafficCounters;
 use metering_daemon::{
     billing::{calendar::Calendar, series::SeriesOptions},
@@ -161,19 +161,6 @@ fn main() -> Result<()> {
         println!("  {line}");
     }
     eip_meter_tests::write_bench_report(out, &report)
-}
-
-fn eip(i: u32) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(
-        0x2001,
-        0xdb8,
-        0xbe,
-        0,
-        0,
-        0,
-        (i >> 16) as u16,
-        i as u16,
-    ))
 }
 
 /// A deterministic 64-bit hash (splitmix64).
