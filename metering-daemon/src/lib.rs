@@ -5,6 +5,7 @@
 //! * [`cli`]: the `eip-meter` command line (the only place with `anyhow`).
 //! * [`daemon`]: the long-running loop ([`daemon::run`]) that wires the stages together.
 //! * [`exposition`]: `/metrics`, counter tables, reports and charts.
+//! * [`inventory`]: the EIPs and groups with their owners, and the admin API.
 //! * [`sampling`]: interval samples from the counters, committed each round; metering gaps.
 //! * [`dataplane`]: everything that touches the kernel (eBPF load, pins, links, maps, netlink).
 //! * [`store`]: the local crash-safe sample store.
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod edit;
 pub mod exposition;
+pub mod inventory;
 pub mod policy;
 pub mod sampling;
 pub mod slots;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use metering_common::{BucketConfig, BucketPairConfig};
 
-use crate::config::{Config, EipState, PolicingConfig};
+use crate::config::{Config, EipConfig, EipState, GroupConfig, PolicingConfig};
 
 /// Where an EIP's caps come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,14 @@ pub struct DesiredPolicy {
     pub groups: Vec<(String, BucketPairConfig)>,
     pub eips: Vec<(IpAddr, EipPlan)>,
     /// Mark CE near the cap (policy flag of every EIP).
+    pub ecn: bool,
+}
+
+/// A few changes to the policy the kernel holds (`None`: remove).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChanges {
+    pub groups: Vec<(String, Option<BucketPairConfig>)>,
+    pub eips: Vec<(IpAddr, Option<EipPlan>)>,
     pub ecn: bool,
 }
 
@@ -70,38 +78,49 @@ pub fn bucket_pair(
 
 /// The policy a validated configuration asks for.
 pub fn desired(config: &Config) -> DesiredPolicy {
-    let p = &config.policing;
-    let groups = config
-        .groups
-        .iter()
-        .map(|g| {
-            let pair = bucket_pair(Some(g.bandwidth_mbps), g.inbound_mbps, g.outbound_mbps, p)
-                .expect("a group always has a bandwidth");
-            (g.name.clone(), pair)
-        })
-        .collect();
-    let eips = config
-        .eips
-        .iter()
-        .map(|e| {
-            let caps = match &e.group {
-                Some(group) => Caps::Group(group.clone()),
-                None => bucket_pair(e.bandwidth_mbps, e.inbound_mbps, e.outbound_mbps, p)
-                    .map_or(Caps::None, Caps::Own),
-            };
-            (
-                e.address,
-                EipPlan {
-                    state: e.state,
-                    caps,
-                },
-            )
-        })
-        .collect();
+    desired_of(&config.groups, &config.eips, &config.policing)
+}
+
+/// The policy of an inventory under `policing`.
+pub fn desired_of(
+    groups: &[GroupConfig],
+    eips: &[EipConfig],
+    policing: &PolicingConfig,
+) -> DesiredPolicy {
     DesiredPolicy {
-        groups,
-        eips,
-        ecn: p.ecn,
+        groups: groups
+            .iter()
+            .map(|g| (g.name.clone(), group_caps(g, policing)))
+            .collect(),
+        eips: eips
+            .iter()
+            .map(|e| (e.address, eip_plan(e, policing)))
+            .collect(),
+        ecn: policing.ecn,
+    }
+}
+
+/// A group's bucket pair.
+pub fn group_caps(g: &GroupConfig, policing: &PolicingConfig) -> BucketPairConfig {
+    bucket_pair(
+        Some(g.bandwidth_mbps),
+        g.inbound_mbps,
+        g.outbound_mbps,
+        policing,
+    )
+    .expect("a group always has a bandwidth")
+}
+
+/// What one EIP is held to.
+pub fn eip_plan(e: &EipConfig, policing: &PolicingConfig) -> EipPlan {
+    let caps = match &e.group {
+        Some(group) => Caps::Group(group.clone()),
+        None => bucket_pair(e.bandwidth_mbps, e.inbound_mbps, e.outbound_mbps, policing)
+            .map_or(Caps::None, Caps::Own),
+    };
+    EipPlan {
+        state: e.state,
+        caps,
     }
 }
 

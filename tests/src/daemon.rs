@@ -45,6 +45,15 @@ impl Daemon {
         expect: &[IpAddr],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        let mut daemon = Self::prepare(binary, config, env)?;
+        daemon.spawn(ns)?;
+        daemon.wait_ready(Duration::from_secs(30))?;
+        daemon.wait_for_eips(expect, Duration::from_secs(5))?;
+        Ok(daemon)
+    }
+
+    /// Writes the config into a directory of its own; nothing runs yet.
+    fn prepare(binary: &Path, config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = std::env::temp_dir().join(unique_tag("d"));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("eip-meter.toml");
@@ -53,7 +62,7 @@ impl Daemon {
         let parsed =
             metering_daemon::config::Config::parse(config, &metering_daemon::config::AnyInterface)
                 .map_err(|p| anyhow::anyhow!("test config invalid: {p:?}"))?;
-        let mut daemon = Self {
+        Ok(Self {
             binary: binary.to_owned(),
             child: None,
             config_path,
@@ -66,10 +75,15 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-        };
+        })
+    }
+
+    /// [`Daemon::start`] for large inventories: returns once the daemon is ready (at most
+    /// `timeout`), without reading every EIP's counters.
+    pub fn start_ready(binary: &Path, ns: &Netns, config: &str, timeout: Duration) -> Result<Self> {
+        let mut daemon = Self::prepare(binary, config, &[])?;
         daemon.spawn(ns)?;
-        daemon.wait_ready(Duration::from_secs(30))?;
-        daemon.wait_for_eips(expect, Duration::from_secs(5))?;
+        daemon.wait_ready(timeout)?;
         Ok(daemon)
     }
 
@@ -199,6 +213,43 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The admin API's unix socket, as the config says.
+    pub fn api_socket(&self) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.config_path)?;
+        let parsed =
+            metering_daemon::config::Config::parse(&text, &metering_daemon::config::AnyInterface)
+                .map_err(|p| anyhow::anyhow!("config invalid: {p:?}"))?;
+        Ok(parsed.api.socket)
+    }
+
+    /// One admin API request with `curl --unix-socket` (as an operator would send it);
+    /// returns the HTTP status and the JSON body.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let socket = self.api_socket()?;
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "30", "-X", method, "--unix-socket"])
+            .arg(&socket)
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        cmd.arg(format!("http://eip-meter{path}"));
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "curl {method} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (json, status) = text.trim_end().rsplit_once('\n').context("curl output")?;
+        Ok((status.parse()?, serde_json::from_str(json)?))
     }
 
     /// Replaces the config file and sends SIGHUP.

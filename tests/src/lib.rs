@@ -31,6 +31,7 @@ pub mod http;
 pub mod postgres;
 pub mod prometheus;
 pub mod sandbox;
+pub mod tls;
 pub mod topology;
 pub mod traffic;
 pub use daemon::Daemon;
@@ -187,6 +188,18 @@ impl<T> NsThread<T> {
 pub fn udp_ip_len(dst: &SocketAddr, payload: usize) -> u64 {
     let ip_header = if dst.is_ipv4() { 20 } else { 40 };
     (ip_header + 8 + payload) as u64
+}
+
+/// IPv4 bytes (IP header + payload) a namespace has received so far.
+pub fn rx_octets(ns: &Netns) -> u64 {
+    IpStats::read(ns).map_or(0, |s| s.get("IpExtInOctets"))
+}
+
+/// Delivered IP-layer bit/s into `ns` over `window`.
+pub fn delivered_rate(ns: &Netns, window: Duration) -> f64 {
+    let (b0, t0) = (rx_octets(ns), Instant::now());
+    thread::sleep(window);
+    (rx_octets(ns) - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64()
 }
 
 /// Sends one UDP datagram of each size from `src` (bound there) to `dst`, inside `ns`, paced so

@@ -115,74 +115,11 @@ impl Postgres {
         cmd
     }
 
-    /// A CA and a server certificate for `localhost` (EC P-256, two days), with `openssl`.
-    /// Returns the CA's PEM file.
+    /// A CA and a server certificate for `localhost`, the key readable by the cluster's owner
+    /// only. Returns the CA's PEM file.
     fn make_certificates(&self) -> Result<PathBuf> {
         let d = &self.dir;
-        let openssl = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl").args(args).current_dir(d).output()?;
-            check("openssl")(out).map(|_| ())
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=eip-meter test CA",
-                ],
-            ]
-            .concat(),
-        )?;
-        openssl(
-            &[
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    "server.key",
-                    "-out",
-                    "server.csr",
-                    "-subj",
-                    "/CN=localhost",
-                ],
-            ]
-            .concat(),
-        )?;
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ])?;
+        let ca = crate::tls::make_certificates(d)?;
         // The server reads its key as the cluster's owner, and only then.
         for f in ["server.key", "server.pem"] {
             std::os::unix::fs::chown(d.join(f), Some(UID), Some(GID))?;
@@ -191,7 +128,7 @@ impl Postgres {
             d.join("server.key"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
-        Ok(d.join("ca.pem"))
+        Ok(ca)
     }
 
     /// `pg_ctl` as the cluster's owner, inside the TLS namespace when there is one.

@@ -10,6 +10,7 @@
 //! | `ProtectKernelTunables=yes`  | `/sys` and `/proc/sys` read-only again                        |
 //! | `ReadWritePaths=`            | those mounts writable again                                   |
 //! | `StateDirectory=`            | `/var/lib/<name>` bound to a private directory, writable      |
+//! | `RuntimeDirectory=`          | `/run/<name>` bound to a private directory, writable          |
 //! | `PrivateTmp=yes`             | fresh tmpfs on `/tmp` and `/var/tmp`                          |
 //! | `ProtectHome=yes`            | empty read-only tmpfs on `/home`, `/root`, `/run/user`        |
 //! | `CapabilityBoundingSet=`     | every other capability dropped from the bounding set          |
@@ -40,6 +41,8 @@ pub const EMULATED: &[&str] = &[
     "ReadWritePaths",
     "StateDirectory",
     "StateDirectoryMode",
+    "RuntimeDirectory",
+    "RuntimeDirectoryMode",
     "PrivateTmp",
     "ProtectHome",
     "CapabilityBoundingSet",
@@ -206,6 +209,22 @@ impl Sandbox {
                 target.display()
             );
             binds.push((c(source)?, c(&target)?));
+            writable.push(c(&target)?);
+        }
+        if let Some(name) = unit.one("RuntimeDirectory") {
+            // A private directory beside the state's, as systemd creates one per start.
+            let base = state_source
+                .and_then(Path::parent)
+                .context("the unit has a RuntimeDirectory: give a state source to put it beside")?;
+            let source = base.join(format!("run-{name}"));
+            std::fs::create_dir_all(&source)?;
+            let target = Path::new("/run").join(name);
+            ensure!(
+                target.is_dir(),
+                "{} must exist as a mount point",
+                target.display()
+            );
+            binds.push((c(&source)?, c(&target)?));
             writable.push(c(&target)?);
         }
         let strict = match unit.one("ProtectSystem") {

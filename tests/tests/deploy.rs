@@ -199,6 +199,7 @@ fn the_unit_starts_under_the_sandbox_it_declares() {
     )
     .unwrap();
     let _var_lib = MountPoint::ensure("/var/lib/eip-meter");
+    let _run = MountPoint::ensure("/run/eip-meter");
     let _etc = MountPoint::ensure("/etc/eip-meter");
     let binds = [
         (bin_dir.clone(), PathBuf::from("/usr/local/bin")),

@@ -10,7 +10,7 @@ use std::{
 };
 
 use eip_meter_tests::{
-    Daemon, IpStats, UdpSink, mixed_sizes, require_root, send_udp,
+    Daemon, IpStats, UdpSink, delivered_rate, mixed_sizes, require_root, rx_octets, send_udp,
     topology::{INTERNET_V4, Topology, TopologyOptions, eip_v4},
     traffic::{IperfServer, Load, clear_root_qdisc, htb, iperf, iperf_spawn, iperf_wait},
 };
@@ -39,10 +39,7 @@ fn config(topo: &Topology, policing: &str, groups: &str, eips: &[(IpAddr, &str)]
     s
 }
 
-/// IPv4 bytes (IP header + payload) a namespace has received / sent so far.
-fn rx_octets(ns: &eip_meter_tests::Netns) -> u64 {
-    IpStats::read(ns).unwrap().get("IpExtInOctets")
-}
+/// IPv4 bytes (IP header + payload) a namespace has sent so far.
 fn tx_octets(ns: &eip_meter_tests::Netns) -> u64 {
     IpStats::read(ns).unwrap().get("IpExtOutOctets")
 }
@@ -52,14 +49,6 @@ fn tx_octets(ns: &eip_meter_tests::Netns) -> u64 {
 fn tcp_wire_octets(ns: &eip_meter_tests::Netns) -> u64 {
     let (receives, octets, segments) = IpStats::read(ns).unwrap().ipv4_in();
     octets + segments.saturating_sub(receives) * 52
-}
-
-/// Delivered IP-layer bit/s into `ns` over `window`, measured after `settle`.
-fn delivered_rate(ns: &eip_meter_tests::Netns, window: Duration) -> f64 {
-    let (b0, t0) = (rx_octets(ns), Instant::now());
-    thread::sleep(window);
-    let (b1, t1) = (rx_octets(ns), Instant::now());
-    (b1 - b0) as f64 * 8.0 / (t1 - t0).as_secs_f64()
 }
 
 fn udp(rate_bps: u64) -> Load {

@@ -39,7 +39,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
-    /// prints tables and writes target/bench/{sampler,dataplane,metrics,store}.json.
+    /// prints tables and writes target/bench/{sampler,dataplane,metrics,store,inventory}.json.
     /// Needs root.
     Bench {
         /// Run only this one: sampler, dataplane, metrics or store.
@@ -62,6 +62,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     // a CA and a server certificate for the billing store's TLS test
     "openssl",
+    // the admin API tests talk to the unix socket as an operator would
+    "curl",
     // renders the demo's and the tests' charts
     "chromium",
 ];
@@ -305,7 +307,7 @@ fn bench(only: Option<&str>) -> Result<()> {
     let bench_dir = target_dir().join("bench");
     // The store benchmark runs `eip-meter bill` and `compute` as processes of their own (their
     // peak RSS is part of the figures).
-    if only.is_none_or(|o| "store.json".starts_with(o)) {
+    if only.is_none_or(|o| "store.json".starts_with(o) || "inventory.json".starts_with(o)) {
         run(cargo().args([
             "build",
             "--release",
@@ -321,6 +323,7 @@ fn bench(only: Option<&str>) -> Result<()> {
         ("eip-meter-dataplane-bench", "dataplane.json"),
         ("eip-meter-metrics-bench", "metrics.json"),
         ("eip-meter-store-bench", "store.json"),
+        ("eip-meter-inventory-bench", "inventory.json"),
     ] {
         if only.is_some_and(|o| !out.starts_with(o)) {
             continue;

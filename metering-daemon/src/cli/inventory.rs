@@ -35,17 +35,29 @@ pub(super) fn eip(action: EipAction) -> anyhow::Result<ExitCode> {
                 group: group.unwrap_or_default(),
                 state,
             };
+            if let Some(api) = super::admin::owner_api(&live, "eips", &address.to_string())? {
+                return super::admin::set_eip(&api, address, &changes);
+            }
             live_edit(
                 &live,
                 |t| edit::set_eip(t, address, &changes),
                 |_| vec![crate::addr::normalize(address)],
             )
         }
-        EipAction::Remove { address, live } => live_edit(
-            &live,
-            |t| edit::remove_eip(t, address),
-            |_| vec![crate::addr::normalize(address)],
-        ),
+        EipAction::Remove { address, live } => {
+            if let Some(api) = super::admin::owner_api(&live, "eips", &address.to_string())? {
+                return super::admin::remove(&api, "eips", &address.to_string());
+            }
+            live_edit(
+                &live,
+                |t| edit::remove_eip(t, address),
+                |_| vec![crate::addr::normalize(address)],
+            )
+        }
+        EipAction::Show { address, config } => super::admin::show(&config.config, address),
+        EipAction::List { config, limit } => super::admin::list(&config.config, limit),
+        EipAction::Apply { config, file } => super::admin::apply(&config.config, &file),
+        EipAction::Sync { config, file } => super::admin::sync(&config.config, &file),
     }
 }
 
@@ -63,6 +75,9 @@ pub(super) fn group(action: GroupAction) -> anyhow::Result<ExitCode> {
                 inbound_mbps: inbound.unwrap_or_default(),
                 outbound_mbps: outbound.unwrap_or_default(),
             };
+            if let Some(api) = super::admin::owner_api(&live, "groups", &name)? {
+                return super::admin::set_group(&api, &name, &changes);
+            }
             live_edit(
                 &live,
                 |t| edit::set_group(t, &name, &changes),
@@ -76,6 +91,9 @@ pub(super) fn group(action: GroupAction) -> anyhow::Result<ExitCode> {
             )
         }
         GroupAction::Remove { name, live } => {
+            if let Some(api) = super::admin::owner_api(&live, "groups", &name)? {
+                return super::admin::remove(&api, "groups", &name);
+            }
             live_edit(&live, |t| edit::remove_group(t, &name), |_| Vec::new())
         }
     }
@@ -84,10 +102,14 @@ pub(super) fn group(action: GroupAction) -> anyhow::Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub(super) struct LiveArgs {
     #[arg(long, short, env = "EIP_METER_CONFIG")]
-    config: PathBuf,
-    /// Only edit the file; do not signal the daemon.
+    pub(super) config: PathBuf,
+    /// Change the config file even when the daemon's admin API would take the change (the
+    /// file then owns the subject).
     #[arg(long)]
-    no_reload: bool,
+    pub(super) in_file: bool,
+    /// Only edit the file; do not signal the daemon (implies --in-file).
+    #[arg(long)]
+    pub(super) no_reload: bool,
     /// How long to wait for the kernel maps to show the change.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
@@ -149,6 +171,37 @@ pub(super) enum EipAction {
         address: IpAddr,
         #[command(flatten)]
         live: LiveArgs,
+    },
+    /// Show one EIP as the running daemon holds it: its settings, owner, and the kernel's
+    /// state, caps, counters and drops.
+    Show {
+        address: IpAddr,
+        #[command(flatten)]
+        config: super::ConfigArg,
+    },
+    /// List every EIP of the running daemon (page by page through the admin API), one per line.
+    List {
+        #[command(flatten)]
+        config: super::ConfigArg,
+        /// EIPs per request.
+        #[arg(long, default_value_t = 5000)]
+        limit: usize,
+    },
+    /// Apply a batch of changes (JSON: {"changes": [...]}, see README "Admin API") through
+    /// the admin API: all of them, or none with every refused item listed.
+    Apply {
+        #[command(flatten)]
+        config: super::ConfigArg,
+        /// The batch file (`-`: stdin).
+        file: PathBuf,
+    },
+    /// Make the API-owned inventory exactly the EIPs and groups of FILE (NDJSON, one per
+    /// line; see README "Admin API"), applying only the difference. Streamed: any size.
+    Sync {
+        #[command(flatten)]
+        config: super::ConfigArg,
+        /// The desired inventory (`-`: stdin).
+        file: PathBuf,
     },
 }
 

@@ -3,12 +3,14 @@
 //!
 //! * `run.rs`: `run` and `validate`.
 //! * `status.rs`: `counters`, from the pinned maps of a running (or kept) daemon.
-//! * `inventory.rs`: `eip` and `group`, live edits of the config file.
+//! * `inventory.rs`: `eip` and `group`, through the admin API or as edits of the config file.
+//! * `admin.rs`: the admin API's client side: `eip show|list|apply|sync`, `history`.
 //! * `billing.rs`: `bill` and `store migrate`, on the shared PostgreSQL billing store.
 //! * `offline.rs`: `samples`, `report`, `plot`: the local store's samples and figures, without
 //!   a daemon.
 //! * `compute.rs`: `compute`, figures recomputed from CSV files in bounded memory.
 
+mod admin;
 mod billing;
 mod compute;
 mod inventory;
@@ -50,10 +52,10 @@ enum LogFormat {
 
 /// The config file, for every command that reads one.
 #[derive(Debug, clap::Args)]
-struct ConfigArg {
+pub(super) struct ConfigArg {
     /// Config file (TOML).
     #[arg(long, short, env = "EIP_METER_CONFIG")]
-    config: PathBuf,
+    pub(super) config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,12 +70,15 @@ enum Command {
     /// Print every EIP's counters from the pinned maps of a running (or kept) daemon, after
     /// each uplink's attachment state.
     Counters(status::CountersArgs),
-    /// Add, resize, block, unblock, move between groups or remove one EIP, live.
+    /// Add, resize, block, unblock, move between groups or remove EIPs, live; show, list,
+    /// apply batches, sync the whole inventory.
     ///
-    /// Edits the config file (comments kept), validates the whole result (nothing is written if
-    /// it is invalid), replaces the file atomically, sends the running daemon SIGHUP and waits
-    /// until the kernel maps show the change. The file stays the source of truth, so a restart
-    /// or a later reload keeps the change.
+    /// A change goes where the EIP lives. When the daemon runs, a new EIP or one the API
+    /// created is changed through its admin API (kept in its store; answered once the kernel
+    /// maps hold it). An EIP listed in the config file (or any, with --in-file, or when no
+    /// daemon runs) is changed in the file: edited with its comments kept, validated whole
+    /// (nothing written if invalid), replaced atomically, then the daemon is sent SIGHUP and
+    /// the kernel maps are watched until they show the change.
     Eip {
         #[command(subcommand)]
         action: inventory::EipAction,
@@ -83,6 +88,9 @@ enum Command {
         #[command(subcommand)]
         action: inventory::GroupAction,
     },
+    /// List the audit trail of inventory changes from the local store: when, effective when,
+    /// who (source and uid), the subject, before and after. Needs no running daemon.
+    History(admin::HistoryArgs),
     /// Export the raw samples of the sample store as CSV (the input of `compute`), for audits.
     Samples(ConfigArg),
     /// Print the billing figures of the local store for a day or a month: closed days and
@@ -172,6 +180,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Counters(args) => status::counters(&args),
         Command::Eip { action } => inventory::eip(action),
         Command::Group { action } => inventory::group(action),
+        Command::History(args) => admin::history(&args),
         Command::Samples(args) => offline::samples(&args.config),
         Command::Report(args) => offline::report(&args),
         Command::Plot(args) => offline::plot(&args),

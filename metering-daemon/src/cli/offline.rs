@@ -131,7 +131,20 @@ pub(super) fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
         (_, Some(g)) => Some(Subject::Group(g.clone())),
         _ => None,
     };
+    let sources = store
+        .load_inventory()?
+        .into_iter()
+        .filter_map(|r| {
+            let subject = if r.kind == "group" {
+                Subject::Group(r.subject)
+            } else {
+                Subject::Eip(r.subject.parse().ok()?)
+            };
+            Some((subject, r.source))
+        })
+        .collect();
     let report = Report::build(Inputs {
+        sources,
         timezone: calendar.timezone().to_owned(),
         interval_seconds: calendar.interval(),
         closed_days: store.closed_days(&prefix)?,
@@ -193,25 +206,21 @@ pub(super) fn plot(args: &PlotArgs) -> anyhow::Result<ExitCode> {
         "the store has no sample of {eip} in {name} ({})",
         calendar.timezone()
     );
-    // This router's cap and the purchased bandwidth, as the config says now.
-    let desired = policy::desired(&c);
-    let pair = desired
-        .eips
-        .iter()
-        .find(|(a, _)| *a == eip)
-        .and_then(|(_, plan)| match &plan.caps {
-            Caps::Own(p) => Some(*p),
-            Caps::Group(g) => desired.groups.iter().find(|(n, _)| n == g).map(|(_, p)| *p),
+    // This router's cap and the purchased bandwidth, as the daemon last applied them (the
+    // file's EIPs and the API's alike).
+    let (groups, eips) = crate::inventory::record::from_rows(store.load_inventory()?)
+        .map_err(|e| anyhow::anyhow!("the store's inventory is unreadable: {e}"))?;
+    let entry = eips.iter().find(|e| e.spec.address == eip).map(|e| &e.spec);
+    let group = |name: &str| groups.iter().find(|g| g.spec.name == name).map(|g| &g.spec);
+    let pair = entry
+        .and_then(|e| match policy::eip_plan(e, &c.policing).caps {
+            Caps::Own(p) => Some(p),
+            Caps::Group(g) => group(&g).map(|g| policy::group_caps(g, &c.policing)),
             Caps::None => None,
         })
         .unwrap_or_default();
-    let entry = c.eips.iter().find(|e| e.address == eip);
     let purchased = entry.and_then(|e| match &e.group {
-        Some(g) => c
-            .groups
-            .iter()
-            .find(|x| x.name == *g)
-            .map(|x| x.bandwidth_mbps),
+        Some(g) => group(g).map(|x| x.bandwidth_mbps),
         None => e.bandwidth_mbps,
     });
     let title = format!("EIP {eip}, {name} ({})", calendar.timezone());

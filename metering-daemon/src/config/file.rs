@@ -22,6 +22,8 @@ pub struct ConfigFile {
     pub metrics: Option<MetricsSection>,
     #[serde(default)]
     pub billing_store: Option<Spanned<BillingStoreSection>>,
+    #[serde(default)]
+    pub api: Option<Spanned<ApiSection>>,
     /// Shared bandwidths, one `[[group]]` table each.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupSection>,
@@ -141,4 +143,23 @@ pub struct BillingStoreSection {
     pub ca_file: Option<PathBuf>,
     /// Days shipped rounds stay local (default 35, at least 2).
     pub local_retention_days: Option<u32>,
+}
+
+/// `[api]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Absolute path of the unix socket (default `/run/eip-meter/<instance>.sock`).
+    pub socket: Option<PathBuf>,
+    /// Group owning the socket (mode 0660), whose members may use the API; default root's.
+    pub group: Option<String>,
+    /// `address:port` to also serve over TCP (TLS and a bearer token required).
+    pub tcp_listen: Option<String>,
+    /// PEM certificate chain and key of the TCP listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// File holding the bearer token TCP clients must send.
+    pub token_file: Option<PathBuf>,
 }

@@ -19,15 +19,15 @@ mod validate;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use metering_common::PIN_LAYOUT_VERSION;
 use serde::Deserialize;
 
 pub use file::{
-    BillingStoreSection, ConfigFile, DataplaneSection, EipSection, GroupSection, MetricsSection,
-    PolicingSection, SamplerSection,
+    ApiSection, BillingStoreSection, ConfigFile, DataplaneSection, EipSection, GroupSection,
+    MetricsSection, PolicingSection, SamplerSection,
 };
 pub use host::{AnyInterface, CurrentNetns, HostCheck};
 pub use validate::{ConfigError, Problem};
@@ -55,6 +55,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where committed rounds are shipped (none: they stay local).
     pub billing_store: Option<BillingStoreConfig>,
+    /// The admin API of the control plane.
+    pub api: ApiConfig,
     /// Shared bandwidths, by name.
     pub groups: Vec<GroupConfig>,
     pub eips: Vec<EipConfig>,
@@ -335,4 +337,40 @@ pub struct BillingStoreConfig {
     /// Days a round stays in the local store once shipped (default 35). Unshipped rounds are
     /// never removed.
     pub local_retention_days: u32,
+}
+
+/// Directory of the admin API's default socket.
+pub const DEFAULT_API_DIR: &str = "/run/eip-meter";
+
+/// The admin API: a unix socket (always, unless disabled) and optionally TCP with TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Serve the API at all (default true).
+    pub enabled: bool,
+    /// The unix socket (default `/run/eip-meter/<instance>.sock`), mode 0660.
+    pub socket: PathBuf,
+    /// Group owning the socket: its members may change the inventory (default: root's group).
+    pub group: Option<String>,
+    pub tcp: Option<ApiTcpConfig>,
+}
+
+impl ApiConfig {
+    /// The default API of an instance.
+    pub fn for_instance(instance: &str) -> Self {
+        Self {
+            enabled: true,
+            socket: Path::new(DEFAULT_API_DIR).join(format!("{instance}.sock")),
+            group: None,
+            tcp: None,
+        }
+    }
+}
+
+/// The admin API over TCP: never without TLS and a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTcpConfig {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub token_file: PathBuf,
 }

@@ -11,11 +11,14 @@ use std::{
 use toml::Spanned;
 
 use super::{
+    ApiConfig, ApiSection, ApiTcpConfig, BillingStoreConfig, DEFAULT_LOCAL_RETENTION_DAYS,
+    STORE_PASSWORD_ENV,
+};
+use super::{
     AttachMode, Config, ConfigFile, CurrentNetns, DEFAULT_BPFFS_ROOT, DEFAULT_CAPACITY,
     DEFAULT_GROUP_CAPACITY, DEFAULT_INSTANCE, DataplaneConfig, EipConfig, GroupConfig, HostCheck,
     MAX_CAPACITY, MetricsConfig, OnExit, PolicingConfig, SamplerConfig,
 };
-use super::{BillingStoreConfig, DEFAULT_LOCAL_RETENTION_DAYS, STORE_PASSWORD_ENV};
 use crate::{addr::normalize, billing::calendar::Calendar};
 
 /// One problem found in a configuration file, with its place.
@@ -266,6 +269,8 @@ impl Config {
             billing_store = Some(store);
         }
 
+        let api = validate_api(file.api.as_ref(), &instance, &mut problem);
+
         let group_capacity = d
             .group_capacity
             .as_ref()
@@ -427,6 +432,7 @@ impl Config {
             policing,
             metrics,
             billing_store,
+            api,
             groups: file
                 .groups
                 .into_iter()
@@ -451,6 +457,74 @@ impl Config {
                 .collect(),
         })
     }
+}
+
+/// `[api]`: a unix socket by default; TCP only with TLS and a token.
+fn validate_api(
+    section: Option<&Spanned<ApiSection>>,
+    instance: &str,
+    problem: &mut impl FnMut(Range<usize>, String),
+) -> ApiConfig {
+    let mut api = ApiConfig::for_instance(instance);
+    let Some(section) = section else {
+        return api;
+    };
+    let span = section.span();
+    let a = section.get_ref();
+    api.enabled = a.enabled.unwrap_or(true);
+    if let Some(socket) = &a.socket {
+        if !socket.is_absolute() {
+            problem(
+                span.clone(),
+                "[api]: socket must be an absolute path".to_owned(),
+            );
+        }
+        api.socket = socket.clone();
+    }
+    if let Some(group) = &a.group {
+        match nix::unistd::Group::from_name(group) {
+            Ok(Some(_)) => {}
+            _ => problem(
+                span.clone(),
+                format!("[api]: group `{group}` does not exist on this host"),
+            ),
+        }
+        api.group = Some(group.clone());
+    }
+    let tls = (&a.tls_cert, &a.tls_key, &a.token_file);
+    match (&a.tcp_listen, tls) {
+        (None, (None, None, None)) => {}
+        (None, _) => problem(
+            span.clone(),
+            "[api]: tls_cert, tls_key and token_file only go with tcp_listen".to_owned(),
+        ),
+        (Some(listen), (Some(cert), Some(key), Some(token))) => {
+            match listen.parse::<SocketAddr>() {
+                Ok(listen) => {
+                    api.tcp = Some(ApiTcpConfig {
+                        listen,
+                        tls_cert: cert.clone(),
+                        tls_key: key.clone(),
+                        token_file: token.clone(),
+                    })
+                }
+                Err(_) => problem(
+                    span.clone(),
+                    format!("[api]: tcp_listen `{listen}` is not an address:port"),
+                ),
+            }
+            for (key, path) in [("tls_cert", cert), ("tls_key", key), ("token_file", token)] {
+                if !path.is_absolute() {
+                    problem(span.clone(), format!("[api]: {key} must be an absolute path"));
+                }
+            }
+        }
+        (Some(_), _) => problem(
+            span.clone(),
+            "[api]: tcp_listen needs tls_cert, tls_key and token_file (the API is never served over TCP without TLS and a token)".to_owned(),
+        ),
+    }
+    api
 }
 
 fn problems_push_global(problem: &mut impl FnMut(Range<usize>, String), message: &str) {

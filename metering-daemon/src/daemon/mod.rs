@@ -6,8 +6,10 @@
 //! * `mod.rs`: start-up, the loop, shutdown.
 //! * `round.rs`: one sampling round and the figures it publishes.
 //! * `reload.rs`: applying a new config.
+//! * `admin.rs`: applying inventory changes (API batches and syncs, reloads), answering reads.
 //! * `uplinks.rs`: logging, recording and publishing uplink changes.
 
+mod admin;
 mod reload;
 mod round;
 mod ship;
@@ -35,6 +37,7 @@ use crate::{
         links::watch::{LinkNotice, LinkWatcher},
     },
     exposition::{MetricsHandle, server, tally::Tally},
+    inventory::{self, Inventory, Limits, Source},
     policy,
     sampling::{Gaps, Sampler},
     store::{Store, StoreError, postgres::ship::HostIdentity},
@@ -65,6 +68,17 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Api(#[from] inventory::server::ApiBindError),
+    #[error("the local store's inventory is unreadable: {0}")]
+    StoredInventory(String),
+    #[error(
+        "the config file conflicts with the inventory the API created (nothing started):\n{}",
+        .0.iter().map(|e| format!("  {}: {} ({})", e.subject, e.message, e.code)).collect::<Vec<_>>().join("\n")
+    )]
+    Conflict(Vec<inventory::ItemError>),
+    #[error(transparent)]
+    Apply(#[from] admin::ApplyError),
 }
 
 /// A reload request: a new valid config, or a file that was refused (counted, nothing changes).
@@ -103,6 +117,9 @@ struct Daemon {
     metrics: MetricsHandle,
     /// Shipping to the billing store (when configured): woken after every round.
     shipping: Option<(Arc<Notify>, ship::SharedStatus)>,
+    /// Every EIP and group, with its owner (the config's own lists are emptied at start).
+    inventory: Inventory,
+    limits: Limits,
 }
 
 /// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
@@ -132,17 +149,55 @@ pub async fn run(
     } else {
         None
     };
+    let api = if config.api.enabled {
+        Some(inventory::server::bind(&config.api)?)
+    } else {
+        None
+    };
     let calendar = config.sampler.calendar();
     let store = Store::open(&config.sampler.store_path())?;
     let options = SeriesOptions {
         rule: config.sampler.sample_rule,
         gb_unit: config.sampler.gb_unit,
     };
-    let sampler = Sampler::open(calendar, options, config.sampler.host.clone(), store)?;
+    let mut sampler = Sampler::open(calendar, options, config.sampler.host.clone(), store)?;
+
+    // The inventory: what the store says was applied (the API's EIPs among it), then the file
+    // as it is now, which owns what it lists.
+    let mut config = config;
+    let limits = Limits {
+        eips: config.dataplane.capacity,
+        groups: config.dataplane.group_capacity,
+    };
+    let (stored_groups, stored_eips) =
+        inventory::record::from_rows(sampler.store().load_inventory()?)
+            .map_err(DaemonError::StoredInventory)?;
+    let mut inventory = Inventory::new(stored_groups, stored_eips);
+    let (file_deltas, _) = inventory
+        .plan_sync(
+            Source::File,
+            std::mem::take(&mut config.groups),
+            std::mem::take(&mut config.eips),
+            now_seconds() as i64,
+            limits,
+        )
+        .map_err(DaemonError::Conflict)?;
+    let rec =
+        inventory::record::records(&file_deltas, (now_seconds() * 1000.0) as i64, "file", None);
+    sampler
+        .store_mut()
+        .record_inventory(&crate::store::InventoryRecord {
+            upserts: &rec.upserts,
+            removals: &rec.removals,
+            audit: &rec.audit,
+        })?;
+    inventory.commit(&file_deltas);
+    drop(rec);
+    let (groups, eips) = inventory.specs();
 
     let mut dataplane = Dataplane::load(&config.dataplane)?;
     // Provision before attaching, so the first counted packet already finds its EIP.
-    let report = dataplane.apply(&policy::desired(&config))?;
+    let report = dataplane.apply(&policy::desired_of(&groups, &eips, &config.policing))?;
     // Kept maps carry counts up to when the previous daemon's links stopped: if a link did not
     // survive, the traffic since the last committed round may be missing.
     let last_boundary = sampler.last_boundary();
@@ -154,11 +209,12 @@ pub async fn run(
     let earlier_gaps = sampler
         .store()
         .gaps_after(last_boundary.map_or(f64::NEG_INFINITY, |b| b as f64))?;
-    let tally = Tally::new(
+    let mut tally = Tally::new(
         &config,
         (config.dataplane.capacity, config.dataplane.group_capacity),
         last_boundary,
     );
+    tally.set_inventory(&groups, &eips, &config.policing);
     let mut daemon = Daemon {
         uplinks: uplinks::UplinkLog::new(&state_dir, Gaps::from_records(&earlier_gaps)),
         calendar,
@@ -168,6 +224,8 @@ pub async fn run(
         metrics: MetricsHandle::default(),
         shipping: None,
         config,
+        inventory,
+        limits,
     };
     let mut shipper = None;
     if let Some(store) = daemon.config.billing_store.clone() {
@@ -199,8 +257,8 @@ pub async fn run(
             None
         }
     };
-    let inventory = daemon.config.clone();
-    daemon.note_inventory(&inventory, &[]);
+    daemon.note_inventory(&groups, &eips);
+    drop((groups, eips));
     daemon.publish();
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(listener) = listener {
@@ -213,6 +271,16 @@ pub async fn run(
             },
         ));
     }
+    let (admin_tx, mut admin_rx) = mpsc::channel::<inventory::server::AdminRequest>(64);
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listeners) = api {
+        info!(socket = %listeners.socket_path().display(), group = daemon.config.api.group.as_deref(), tcp = daemon.config.api.tcp.as_ref().map(|t| t.listen.to_string()), "serving the admin API");
+        tokio::spawn(inventory::server::serve(listeners, admin_tx, async move {
+            let _ = api_stopped.await;
+        }));
+    } else {
+        drop(admin_tx);
+    }
     let pid_path = pid_file(&state_dir);
     if let Err(e) = std::fs::write(&pid_path, format!("{}\n", std::process::id())) {
         warn!(path = %pid_path.display(), error = %e, "pid file not written; `eip-meter eip`/`group` cannot find this daemon");
@@ -221,7 +289,7 @@ pub async fn run(
         eips = daemon.dataplane.slots().len(),
         added = report.added,
         removed = report.removed.len(),
-        groups = daemon.config.groups.len(),
+        groups = daemon.inventory.groups().count(),
         share = daemon.config.policing.share,
         capacity = daemon.config.dataplane.capacity,
         interval_seconds = calendar.interval(),
@@ -255,11 +323,13 @@ pub async fn run(
             },
             _ = recheck.tick() => daemon.check_uplinks(),
             Some(reload) = reloads.recv() => daemon.reload(reload),
+            Some(request) = admin_rx.recv() => daemon.admin(request),
         }
     }
     info!("shutting down");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_server.send(());
+    let _ = stop_api.send(());
     if let Some(task) = shipper {
         // A batch under way is rolled back by the billing store; the next start ships it.
         task.abort();

@@ -12,14 +12,14 @@ use metering_common::{
 use tracing::{debug, info};
 
 use super::{
-    ApplyReport, Dataplane, DataplaneError,
+    ApplyReport, Dataplane, DataplaneError, EipEnforcement,
     batch::read_all_slots,
     key_of, map_err,
     pinned::{read_slot, read_slot_entries},
 };
 use crate::{
     config::EipState,
-    policy::{Caps, DesiredPolicy, EipPlan},
+    policy::{Caps, DesiredPolicy, EipPlan, PolicyChanges},
 };
 
 /// Group name -> bucket pair index (after the slots' own pairs).
@@ -65,26 +65,7 @@ impl Dataplane {
     pub fn apply(&mut self, desired: &DesiredPolicy) -> Result<ApplyReport, DataplaneError> {
         let mut report = ApplyReport::default();
         for (name, pair) in &desired.groups {
-            match self.groups.by_name.get(name) {
-                Some((_, written)) if written == pair => {}
-                Some(&(index, _)) => {
-                    self.write_bucket(index, pair)?;
-                    self.groups.by_name.insert(name.clone(), (index, *pair));
-                }
-                None => {
-                    let index = self
-                        .groups
-                        .free
-                        .pop_front()
-                        .ok_or(DataplaneError::GroupsFull {
-                            capacity: self.config.group_capacity,
-                        })?;
-                    self.reset_bucket_state(index)?;
-                    self.write_bucket(index, pair)?;
-                    self.groups.by_name.insert(name.clone(), (index, *pair));
-                    report.groups_added += 1;
-                }
-            }
+            self.set_group(name, pair, &mut report)?;
         }
 
         let addrs: Vec<IpAddr> = desired.eips.iter().map(|(a, _)| *a).collect();
@@ -98,12 +79,8 @@ impl Dataplane {
             if adding.contains(addr) {
                 self.add_eip(*addr, eip_plan, desired.ecn)?;
                 report.added += 1;
-            } else if let Some(slot) = self.slots.slot(addr) {
-                let wanted = self.kernel_policy(slot, eip_plan, desired.ecn);
-                if self.written.get(addr) != Some(&wanted) {
-                    self.write_policy(*addr, slot, wanted)?;
-                    report.changed += 1;
-                }
+            } else {
+                self.change_eip(*addr, eip_plan, desired.ecn, &mut report)?;
             }
         }
 
@@ -117,13 +94,104 @@ impl Dataplane {
             .cloned()
             .collect();
         for name in stale {
-            if let Some((index, _)) = self.groups.by_name.remove(&name) {
-                self.write_bucket(index, &BucketPairConfig::default())?;
-                self.groups.free.push_back(index);
-                report.groups_removed += 1;
+            self.remove_group(&name, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Applies a few changes without looking at the rest of the inventory (the admin API's
+    /// path: its cost does not grow with the number of EIPs). Same order as [`Dataplane::apply`]:
+    /// groups set, EIPs removed, EIPs set (added or changed), groups removed. An EIP's own
+    /// bucket state is kept across a change, as in a reload.
+    pub fn apply_changes(
+        &mut self,
+        changes: &PolicyChanges,
+    ) -> Result<ApplyReport, DataplaneError> {
+        let mut report = ApplyReport::default();
+        for (name, pair) in &changes.groups {
+            if let Some(pair) = pair {
+                self.set_group(name, pair, &mut report)?;
+            }
+        }
+        for (addr, plan) in &changes.eips {
+            if plan.is_none() && self.slots.slot(addr).is_some() {
+                let (last, drops) = self.remove_eip(*addr)?;
+                report.removed.push((*addr, last, drops));
+            }
+        }
+        for (addr, plan) in &changes.eips {
+            let Some(plan) = plan else { continue };
+            if self.slots.slot(addr).is_none() {
+                self.add_eip(*addr, plan, changes.ecn)?;
+                report.added += 1;
+            } else {
+                self.change_eip(*addr, plan, changes.ecn, &mut report)?;
+            }
+        }
+        for (name, pair) in &changes.groups {
+            if pair.is_none() {
+                self.remove_group(name, &mut report)?;
             }
         }
         Ok(report)
+    }
+
+    /// Writes `addr`'s policy if it differs from what this process last wrote.
+    fn change_eip(
+        &mut self,
+        addr: IpAddr,
+        plan: &EipPlan,
+        ecn: bool,
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
+        if let Some(slot) = self.slots.slot(&addr) {
+            let wanted = self.kernel_policy(slot, plan, ecn);
+            if self.written.get(&addr) != Some(&wanted) {
+                self.write_policy(addr, slot, wanted)?;
+                report.changed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates or re-caps a group's bucket pair (a new one starts full).
+    fn set_group(
+        &mut self,
+        name: &str,
+        pair: &BucketPairConfig,
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
+        match self.groups.by_name.get(name) {
+            Some((_, written)) if written == pair => {}
+            Some(&(index, _)) => {
+                self.write_bucket(index, pair)?;
+                self.groups.by_name.insert(name.to_owned(), (index, *pair));
+            }
+            None => {
+                let index = self
+                    .groups
+                    .free
+                    .pop_front()
+                    .ok_or(DataplaneError::GroupsFull {
+                        capacity: self.config.group_capacity,
+                    })?;
+                self.reset_bucket_state(index)?;
+                self.write_bucket(index, pair)?;
+                self.groups.by_name.insert(name.to_owned(), (index, *pair));
+                report.groups_added += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees a group's bucket pair (no EIP points at it any more).
+    fn remove_group(&mut self, name: &str, report: &mut ApplyReport) -> Result<(), DataplaneError> {
+        if let Some((index, _)) = self.groups.by_name.remove(name) {
+            self.write_bucket(index, &BucketPairConfig::default())?;
+            self.groups.free.push_back(index);
+            report.groups_removed += 1;
+        }
+        Ok(())
     }
 
     /// The policy entry and own bucket pair that express `plan` for the EIP in `slot`.
@@ -268,6 +336,41 @@ impl Dataplane {
             .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
         info!(%addr, slot, inbound_bytes = last.inbound.bytes, outbound_bytes = last.outbound.bytes, "EIP removed");
         Ok((last, drops))
+    }
+
+    /// One EIP's slot, policy, caps, drops and counters as the kernel holds them now (`None`:
+    /// not provisioned).
+    pub fn eip_status(
+        &self,
+        addr: IpAddr,
+    ) -> Result<Option<(u32, EipEnforcement, TrafficCounters)>, DataplaneError> {
+        let Some(slot) = self.slots.slot(&addr) else {
+            return Ok(None);
+        };
+        let policy = self
+            .array::<EipPolicy>(MAP_EIP_POLICY)?
+            .get(&slot, 0)
+            .map_err(map_err(MAP_EIP_POLICY, "read slot"))?;
+        let caps = if policy.bucket == NO_BUCKET {
+            None
+        } else {
+            Some(
+                self.array::<BucketPairConfig>(MAP_BUCKET_CONFIG)?
+                    .get(&policy.bucket, 0)
+                    .map_err(map_err(MAP_BUCKET_CONFIG, "read bucket"))?,
+            )
+        };
+        let drops = self
+            .array::<DropCounters>(MAP_EIP_DROPS)?
+            .get(&slot, 0)
+            .map_err(map_err(MAP_EIP_DROPS, "read slot"))?;
+        let counters = read_slot(&self.counters_map()?, slot)?;
+        let enforcement = EipEnforcement {
+            state: EipState::from_code(policy.state),
+            caps,
+            drops,
+        };
+        Ok(Some((slot, enforcement, counters)))
     }
 
     /// Current counters of every provisioned EIP, read in batches (one syscall per

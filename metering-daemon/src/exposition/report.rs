@@ -57,6 +57,8 @@ pub struct Inputs {
     pub gaps: Vec<GapRecord>,
     /// Where shipping to the billing store stands (none: no `[billing_store]`).
     pub shipping: Option<ShippingRow>,
+    /// Who owns each subject now (`file` or `api`); a subject without one was removed.
+    pub sources: std::collections::HashMap<Subject, String>,
 }
 
 /// Shipping to the billing store, as the local store and the daemon's status file tell.
@@ -100,6 +102,8 @@ pub struct GapRow {
 #[derive(Debug, Serialize)]
 pub struct SubjectFigures {
     pub name: String,
+    /// `file` or `api` (who owns it now), or `removed`.
+    pub source: String,
     pub days: Vec<DayRow>,
     pub months: Vec<MonthRow>,
 }
@@ -135,6 +139,7 @@ impl Report {
             uplinks_checked_at,
             gaps,
             shipping,
+            sources,
         } = inputs;
         let wanted = |s: &Subject| only.as_ref().is_none_or(|o| o == s);
         let mut subjects: BTreeMap<Subject, SubjectFigures> = BTreeMap::new();
@@ -183,6 +188,10 @@ impl Report {
         let mut groups = Vec::new();
         for (subject, mut figures) in subjects {
             figures.days.sort_by(|a, b| a.day.cmp(&b.day));
+            figures.source = sources
+                .get(&subject)
+                .cloned()
+                .unwrap_or_else(|| "removed".to_owned());
             match subject {
                 Subject::Eip(_) => eips.push(figures),
                 Subject::Group(_) => groups.push(figures),
@@ -270,7 +279,7 @@ impl Report {
         }
         for (kind, list) in [("EIP", &self.eips), ("shared bandwidth", &self.groups)] {
             for s in list {
-                let _ = writeln!(out, "\n{kind} {}", s.name);
+                let _ = writeln!(out, "\n{kind} {} (source: {})", s.name, s.source);
                 for d in &s.days {
                     let f = &d.figures;
                     let _ = writeln!(
@@ -326,6 +335,7 @@ fn entry<'a>(
             Subject::Eip(a) => a.to_string(),
             Subject::Group(g) => g.clone(),
         },
+        source: String::new(),
         days: Vec::new(),
         months: Vec::new(),
     })
@@ -408,6 +418,7 @@ mod tests {
             uplinks_checked_at: None,
             gaps: Vec::new(),
             shipping: None,
+            sources: Default::default(),
         }
     }
 

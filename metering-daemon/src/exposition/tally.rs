@@ -11,8 +11,9 @@ use super::state::{
 };
 use crate::{
     billing::series::Series,
-    config::{Config, EipState},
+    config::{Config, EipConfig, EipState, GroupConfig, PolicingConfig},
     dataplane::UplinkStatus,
+    inventory::{Delta, model::state_index},
     policy::{self, Caps},
     sampling::Sampler,
 };
@@ -44,6 +45,10 @@ pub struct RoundFacts<'a> {
 /// Caps on this router in bit/s, per direction (0: that direction is not capped).
 type CapPair = [u64; 2];
 
+fn pair(p: &metering_common::BucketPairConfig) -> CapPair {
+    [p.inbound.rate_bps, p.outbound.rate_bps]
+}
+
 /// The daemon's running figures for `/metrics`.
 pub struct Tally {
     published: Published,
@@ -63,7 +68,7 @@ impl Tally {
     /// `last_boundary`: the last round the store holds (intervals skipped after it count as
     /// missed).
     pub fn new(config: &Config, capacity: (u32, u32), last_boundary: Option<i64>) -> Self {
-        let mut tally = Self {
+        Self {
             published: Published {
                 interval_seconds: config.sampler.interval_seconds,
                 per_eip: config.metrics.per_eip,
@@ -79,38 +84,72 @@ impl Tally {
             utilization: [0; UTILIZATION_BOUNDS.len()],
             caps: HashMap::new(),
             group_caps: HashMap::new(),
-        };
-        tally.inventory(config);
-        tally
+        }
     }
 
-    /// The inventory changed (start or reload): EIPs by state and the caps to measure
-    /// utilization against.
-    pub fn inventory(&mut self, config: &Config) {
+    /// The whole inventory (start, or `[policing]` changed): EIPs by state and the caps to
+    /// measure utilization against.
+    pub fn set_inventory(
+        &mut self,
+        groups: &[GroupConfig],
+        eips: &[EipConfig],
+        policing: &PolicingConfig,
+    ) {
         let mut by_state: Vec<(&'static str, u64)> =
             EipState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for e in &config.eips {
-            if let Some(entry) = by_state.iter_mut().find(|(s, _)| *s == e.state.as_str()) {
-                entry.1 += 1;
-            }
+        for e in eips {
+            by_state[state_index(e.state)].1 += 1;
         }
         self.published.eips_by_state = by_state;
-        let desired = policy::desired(config);
-        let pair =
-            |p: &metering_common::BucketPairConfig| [p.inbound.rate_bps, p.outbound.rate_bps];
-        self.group_caps = desired
-            .groups
+        self.group_caps = groups
             .iter()
-            .map(|(name, p)| (name.clone(), pair(p)))
+            .map(|g| (g.name.clone(), pair(&policy::group_caps(g, policing))))
             .collect();
-        self.caps = desired
-            .eips
+        self.caps = eips
             .iter()
-            .filter_map(|(eip, plan)| match &plan.caps {
-                Caps::Own(p) => Some((*eip, pair(p))),
+            .filter_map(|e| match policy::eip_plan(e, policing).caps {
+                Caps::Own(p) => Some((e.address, pair(&p))),
                 _ => None,
             })
             .collect();
+    }
+
+    /// Some EIPs and groups changed: the counts and caps of those only.
+    pub fn inventory_changed(&mut self, deltas: &[Delta], policing: &PolicingConfig) {
+        if self.published.eips_by_state.len() != EipState::ALL.len() {
+            self.published.eips_by_state = EipState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        }
+        for d in deltas {
+            match d {
+                Delta::Eip {
+                    address,
+                    before,
+                    after,
+                    ..
+                } => {
+                    if let Some(b) = before {
+                        let n = &mut self.published.eips_by_state[state_index(b.spec.state)].1;
+                        *n = n.saturating_sub(1);
+                    }
+                    self.caps.remove(address);
+                    if let Some(a) = after {
+                        self.published.eips_by_state[state_index(a.spec.state)].1 += 1;
+                        if let Caps::Own(p) = policy::eip_plan(&a.spec, policing).caps {
+                            self.caps.insert(*address, pair(&p));
+                        }
+                    }
+                }
+                Delta::Group { name, after, .. } => match after {
+                    Some(a) => {
+                        self.group_caps
+                            .insert(name.clone(), pair(&policy::group_caps(&a.spec, policing)));
+                    }
+                    None => {
+                        self.group_caps.remove(name);
+                    }
+                },
+            }
+        }
     }
 
     /// An EIP left the inventory with these final counters (kept in the totals).

@@ -144,24 +144,7 @@ impl Groups {
             .collect();
         self.list = kept;
         for (name, bandwidth) in groups {
-            let i = match self.list.iter().position(|g| g.name == *name) {
-                Some(i) => i,
-                None => {
-                    self.list.push(Group {
-                        name: name.clone(),
-                        series: Series::new(
-                            self.calendar,
-                            self.options,
-                            BandwidthHistory::default(),
-                        ),
-                        members: 0,
-                    });
-                    self.list.len() - 1
-                }
-            };
-            if let Some(mbps) = bandwidth {
-                self.list[i].series.record_bandwidth(at, *mbps);
-            }
+            self.define(name, *bandwidth, at);
         }
         pending.retain(|(n, ..)| self.list.iter().any(|g| g.name == *n));
         for (name, start, sum) in pending {
@@ -181,6 +164,78 @@ impl Groups {
             self.list[i].members += 1;
         }
         closed
+    }
+
+    /// Makes `name` a group (a new one starts with an empty series) and records its purchased
+    /// bandwidth as of `at`.
+    fn define(&mut self, name: &str, bandwidth: Option<u64>, at: i64) {
+        let i = match self.list.iter().position(|g| g.name == name) {
+            Some(i) => i,
+            None => {
+                self.list.push(Group {
+                    name: name.to_owned(),
+                    series: Series::new(self.calendar, self.options, BandwidthHistory::default()),
+                    members: 0,
+                });
+                self.list.len() - 1
+            }
+        };
+        if let Some(mbps) = bandwidth {
+            self.list[i].series.record_bandwidth(at, mbps);
+        }
+    }
+
+    /// A few changes at `at` without going over every member (the admin API's path): groups
+    /// created or with a new bandwidth, groups removed (the only part that walks every
+    /// member, through [`Groups::configure`]), and EIPs that moved (`None`: in no group).
+    pub fn update(
+        &mut self,
+        defined: &[(String, Option<u64>)],
+        removed: &[String],
+        moves: &[(IpAddr, Option<String>)],
+        at: i64,
+    ) -> Vec<(String, Closed)> {
+        for (name, bandwidth) in defined {
+            let before = self.list.len();
+            self.define(name, *bandwidth, at);
+            self.changed |= self.list.len() != before;
+        }
+        if !moves.is_empty() {
+            let index: HashMap<&str, usize> = self
+                .list
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (g.name.as_str(), i))
+                .collect();
+            let mut counts: Vec<isize> = vec![0; self.list.len()];
+            for (eip, group) in moves {
+                if let Some(old) = self.member_of.remove(eip) {
+                    counts[old] -= 1;
+                }
+                if let Some(&i) = group.as_deref().and_then(|g| index.get(g)) {
+                    self.member_of.insert(*eip, i);
+                    counts[i] += 1;
+                }
+            }
+            for (g, d) in self.list.iter_mut().zip(counts) {
+                g.members = (g.members as isize + d).max(0) as usize;
+            }
+        }
+        if removed.is_empty() {
+            return Vec::new();
+        }
+        let groups: Vec<(String, Option<u64>)> = self
+            .list
+            .iter()
+            .filter(|g| !removed.contains(&g.name))
+            .map(|g| (g.name.clone(), None))
+            .collect();
+        let members: Vec<(IpAddr, String)> = self
+            .member_of
+            .iter()
+            .map(|(eip, &i)| (*eip, self.list[i].name.clone()))
+            .collect();
+        self.configure(&groups, &members, at)
     }
 
     pub fn is_empty(&self) -> bool {

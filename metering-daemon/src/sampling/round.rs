@@ -189,6 +189,18 @@ impl Sampler {
         self.closed_groups.extend(closed);
     }
 
+    /// A few shared-bandwidth changes (see [`Groups::update`]).
+    pub fn update_groups(
+        &mut self,
+        defined: &[(String, Option<u64>)],
+        removed: &[String],
+        moves: &[(IpAddr, Option<String>)],
+        at: i64,
+    ) {
+        let closed = self.groups.update(defined, removed, moves, at);
+        self.closed_groups.extend(closed);
+    }
+
     pub fn options(&self) -> SeriesOptions {
         self.options
     }
@@ -422,57 +434,79 @@ impl Sampler {
         self.states = states;
     }
 
-    /// An EIP left the inventory at `at` with these final counters: its last (partial) samples
-    /// and figures are written and its state dropped.
-    pub fn eip_removed(
+    /// EIPs left the inventory at `at` with these final counters: their last (partial)
+    /// samples and figures are written, in one commit, and their state dropped. On error
+    /// nothing is committed and their state is kept.
+    pub fn eips_removed(
         &mut self,
-        eip: IpAddr,
+        removed: &[(IpAddr, TrafficCounters)],
         at: i64,
-        last: &TrafficCounters,
     ) -> Result<(), StoreError> {
+        if removed.is_empty() {
+            return Ok(());
+        }
         let boundary = self.calendar.interval_start(at) + i64::from(self.calendar.interval());
-        let i = self.state_index(eip);
         let calendar = self.calendar;
-        let st = &mut self.states[i];
-        let first_seen = st.first_seen.unwrap_or(at);
-        let mut new = samples_since(
-            st.snapshot,
-            Snapshot::of(boundary, last),
-            first_seen,
-            &calendar,
-        );
-        if let Some(s) = new.last_mut() {
-            s.state = SampleState::Partial;
-        }
-        for s in &new {
-            if let Err(e) = st.series.push(*s) {
-                error!(%eip, error = %e, "final sample refused by the billing series");
-            }
-            // Its group gets these with the next round's sums.
-            self.groups.add(&eip, s);
-        }
-        st.series.close();
-        let closed = st.series.take_closed();
-        let (id, new_ids) = match st.store_id {
-            Some(id) => (id, Vec::new()),
-            None => {
-                let id = self.store.next_id();
-                (id, vec![(id, eip)])
-            }
-        };
         let mut samples_blob = Vec::new();
-        for s in &new {
-            store::encode_sample(&mut samples_blob, id, boundary, s);
+        let mut new_ids = Vec::new();
+        let mut closed = Vec::with_capacity(removed.len());
+        let mut opened = Vec::new();
+        let mut presence_closed = Vec::with_capacity(removed.len());
+        let mut first_start = boundary;
+        let mut next_id = self.store.next_id();
+        let mut gone = std::collections::HashSet::with_capacity(removed.len());
+        for (eip, last) in removed {
+            let i = self.state_index(*eip);
+            let st = &mut self.states[i];
+            let first_seen = st.first_seen.unwrap_or(at);
+            let mut new = samples_since(
+                st.snapshot,
+                Snapshot::of(boundary, last),
+                first_seen,
+                &calendar,
+            );
+            if let Some(s) = new.last_mut() {
+                s.state = SampleState::Partial;
+            }
+            for s in &new {
+                if let Err(e) = st.series.push(*s) {
+                    error!(%eip, error = %e, "final sample refused by the billing series");
+                }
+                // Its group gets these with the next round's sums.
+                self.groups.add(eip, s);
+            }
+            let st = &mut self.states[i];
+            st.series.close();
+            closed.push((*eip, st.series.take_closed()));
+            let id = match st.store_id {
+                Some(id) => id,
+                None => {
+                    let id = next_id;
+                    next_id += 1;
+                    new_ids.push((id, *eip));
+                    id
+                }
+            };
+            for s in &new {
+                store::encode_sample(&mut samples_blob, id, boundary, s);
+            }
+            // Removed before its first round: it entered and leaves with this commit.
+            if let (None, Some(first)) = (st.snapshot, new.first()) {
+                opened.push((id, first.start));
+            }
+            if let Some(first) = new.first() {
+                first_start = first_start.min(first.start);
+            }
+            presence_closed.push((id, boundary));
+            gone.insert(*eip);
         }
-        // Removed before its first round: it entered and leaves with this commit.
-        let opened: Vec<(u32, i64)> = match (st.snapshot, new.first()) {
-            (None, Some(first)) => vec![(id, first.start)],
-            _ => Vec::new(),
-        };
-        // The snapshot written is everyone's but this EIP's.
-        let removed = self.states.swap_remove(i);
+        // The snapshot written is everyone's but these EIPs'.
+        let all = std::mem::take(&mut self.states);
+        let (leaving, staying): (Vec<EipState>, Vec<EipState>) =
+            all.into_iter().partition(|st| gone.contains(&st.eip));
+        self.states = staying;
         let snapshot_blob = self.snapshot_blob(boundary);
-        let closed = [(eip, closed)];
+        let forget: Vec<IpAddr> = removed.iter().map(|(e, _)| *e).collect();
         let result = self.store.commit_removal(
             RoundRecords {
                 host: &self.host,
@@ -482,28 +516,23 @@ impl Sampler {
                 new_eips: &new_ids,
                 closed: &closed,
                 kind: RoundKind::Removal,
-                first_start: new.first().map_or(boundary, |s| s.start),
+                first_start,
                 presence_opened: &opened,
-                presence_closed: &[(id, boundary)],
+                presence_closed: &presence_closed,
                 ..RoundRecords::default()
             },
-            eip,
+            &forget,
         );
-        if let Err(e) = result {
-            self.states.push(removed);
-            self.index = self
-                .states
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.eip, i))
-                .collect();
-            return Err(e);
+        if result.is_err() {
+            self.states.extend(leaving);
         }
-        self.index.remove(&eip);
-        if let Some(moved) = self.states.get(i) {
-            self.index.insert(moved.eip, i);
-        }
-        Ok(())
+        self.index = self
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.eip, i))
+            .collect();
+        result
     }
 
     /// Checkpoints every series (clean shutdown: the next start replays nothing).

@@ -74,7 +74,7 @@ impl RoundKind {
 impl Store {
     /// Commits one round atomically. On error nothing is written.
     pub fn commit_round(&mut self, round: RoundRecords<'_>) -> Result<(), StoreError> {
-        self.commit(round, None)
+        self.commit(round, &[])
     }
 
     /// Commits an EIP's last round (its final samples and figures, and the snapshot of every
@@ -82,16 +82,12 @@ impl Store {
     pub fn commit_removal(
         &mut self,
         round: RoundRecords<'_>,
-        eip: IpAddr,
+        eips: &[IpAddr],
     ) -> Result<(), StoreError> {
-        self.commit(round, Some(eip))
+        self.commit(round, eips)
     }
 
-    fn commit(
-        &mut self,
-        round: RoundRecords<'_>,
-        forget: Option<IpAddr>,
-    ) -> Result<(), StoreError> {
+    fn commit(&mut self, round: RoundRecords<'_>, forget: &[IpAddr]) -> Result<(), StoreError> {
         let RoundRecords {
             host,
             boundary,
@@ -229,8 +225,8 @@ impl Store {
                 }
             }
         }
-        if let Some(eip) = forget {
-            let eid = id(&eip);
+        for eip in forget {
+            let eid = id(eip);
             tx.execute(
                 "DELETE FROM checkpoint_refs WHERE turn = ?1 AND eip = ?2",
                 params![eid % self.rotation, eid],
@@ -244,7 +240,7 @@ impl Store {
         let moves: Vec<(u32, Option<i64>)> = checkpoints
             .iter()
             .map(|(eip, _)| (id(eip), Some(seq)))
-            .chain(forget.map(|eip| (id(&eip), None)))
+            .chain(forget.iter().map(|eip| (id(eip), None)))
             .collect();
         let mut live: HashMap<i64, i64> = HashMap::new();
         for &(eid, to) in &moves {

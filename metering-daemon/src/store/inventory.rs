@@ -1,7 +1,10 @@
-//! The history of every EIP's and shared bandwidth's bandwidth, group and state, with the time
-//! each change took effect: the billing store's baseline and in-use time come from it.
+//! The inventory in the local store: every subject as last applied with its owner (the API's
+//! come back from here after a restart), the history of bandwidth, group and state with the
+//! time each change took effect (the billing store's baselines and in-use time), and the audit
+//! trail of who changed what. One transaction per change or batch; history and audit rows
+//! carry the seq of the next round, with which they are shipped.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, sql};
 
@@ -28,70 +31,199 @@ pub struct InventoryChange {
     pub seq: i64,
 }
 
+/// A subject as held now, with its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InventoryRow {
+    /// `eip` or `group`.
+    pub kind: &'static str,
+    pub subject: String,
+    /// `file` or `api`.
+    pub source: String,
+    pub bandwidth_mbps: Option<u64>,
+    pub inbound_mbps: Option<u64>,
+    pub outbound_mbps: Option<u64>,
+    pub group: Option<String>,
+    pub state: String,
+    /// UNIX seconds of the change that made it so.
+    pub effective_from: i64,
+}
+
+/// One change in the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The row's id in the local store (0 before it is recorded).
+    pub id: i64,
+    /// When the daemon applied it, UNIX milliseconds.
+    pub at_ms: i64,
+    /// When it took effect (the caller's time), UNIX seconds.
+    pub effective_from: i64,
+    /// `file` (start or reload), `api` or `sync`.
+    pub source: String,
+    /// The caller's uid (unix socket), when known.
+    pub uid: Option<u32>,
+    pub kind: &'static str,
+    pub subject: String,
+    /// The subject before and after, as JSON (`None`: absent).
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// The commit it goes to the billing store with (0 when read for display).
+    pub seq: i64,
+}
+
+/// A batch of changes to record: subjects now held (`Ok`) or removed (`Err`: kind, subject,
+/// effective time), and their audit rows.
+#[derive(Default)]
+pub struct InventoryRecord<'a> {
+    pub upserts: &'a [InventoryRow],
+    pub removals: &'a [(&'static str, String, i64)],
+    pub audit: &'a [AuditRow],
+}
+
+/// Creates the inventory table of a store written before it existed, from the latest history
+/// of each subject (all owned by the file then), so the first start records no change.
+pub(super) const SEED_INVENTORY: &str = "
+INSERT INTO inventory (kind, subject, source, bandwidth_mbps, grp, state, effective_from)
+SELECT h.kind, h.subject, 'file', h.bandwidth_mbps, h.grp, h.state, h.effective_from
+FROM inventory_history h
+WHERE h.id = (SELECT MAX(id) FROM inventory_history x WHERE x.kind = h.kind AND x.subject = h.subject)
+  AND h.state <> 'removed'";
+
 impl Store {
-    /// Records every entry of `inventory` (the whole inventory now) that differs from what was
-    /// last recorded for it, and every subject no longer in it as `removed`, effective `at`.
-    /// Returns how many changes were recorded. One transaction.
-    pub fn record_inventory(
-        &mut self,
-        inventory: &[InventoryEntry],
-        at: i64,
-    ) -> Result<usize, StoreError> {
-        if self.inventory.is_none() {
-            self.inventory = Some(self.load_latest_inventory()?);
+    /// Every subject as last applied, groups first.
+    pub fn load_inventory(&self) -> Result<Vec<InventoryRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT kind, subject, source, bandwidth_mbps, inbound_mbps, outbound_mbps, grp,
+                        state, effective_from
+                 FROM inventory ORDER BY kind DESC, subject",
+            )
+            .map_err(sql("read inventory"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(InventoryRow {
+                    kind: kind_of(&r.get::<_, String>(0)?),
+                    subject: r.get(1)?,
+                    source: r.get(2)?,
+                    bandwidth_mbps: r.get::<_, Option<i64>>(3)?.map(|b| b as u64),
+                    inbound_mbps: r.get::<_, Option<i64>>(4)?.map(|b| b as u64),
+                    outbound_mbps: r.get::<_, Option<i64>>(5)?.map(|b| b as u64),
+                    group: r.get(6)?,
+                    state: r.get(7)?,
+                    effective_from: r.get(8)?,
+                })
+            })
+            .map_err(sql("read inventory"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("read inventory"))
+    }
+
+    /// The owner of one subject as last applied (`None`: not in the inventory).
+    pub fn source_of(&self, kind: &str, subject: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT source FROM inventory WHERE kind = ?1 AND subject = ?2",
+                params![kind, subject],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read inventory"))
+    }
+
+    /// Records a batch of changes in one transaction: the inventory rows, their history
+    /// (shipped with the next round) and the audit trail.
+    pub fn record_inventory(&mut self, record: &InventoryRecord<'_>) -> Result<(), StoreError> {
+        if record.upserts.is_empty() && record.removals.is_empty() && record.audit.is_empty() {
+            return Ok(());
         }
-        let latest = self.inventory.as_mut().expect("loaded");
-        let mut changes: Vec<InventoryEntry> = inventory
-            .iter()
-            .filter(|e| latest.get(&(e.kind, e.subject.clone())) != Some(*e))
-            .cloned()
-            .collect();
-        let present: std::collections::HashSet<(&str, &str)> = inventory
-            .iter()
-            .map(|e| (e.kind, e.subject.as_str()))
-            .collect();
-        for ((kind, subject), e) in latest.iter() {
-            if e.state != "removed" && !present.contains(&(*kind, subject.as_str())) {
-                changes.push(InventoryEntry {
-                    kind,
-                    subject: subject.clone(),
-                    bandwidth_mbps: None,
-                    group: None,
-                    state: "removed".to_owned(),
-                });
-            }
-        }
-        if changes.is_empty() {
-            return Ok(0);
-        }
+        let seq = self.next_seq;
         let tx = self.conn.transaction().map_err(sql("record inventory"))?;
         {
-            let mut insert = tx
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO inventory
+                     (kind, subject, source, bandwidth_mbps, inbound_mbps, outbound_mbps, grp,
+                      state, effective_from)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(sql("record inventory"))?;
+            let mut delete = tx
+                .prepare_cached("DELETE FROM inventory WHERE kind = ?1 AND subject = ?2")
+                .map_err(sql("record inventory"))?;
+            let mut history = tx
                 .prepare_cached(
                     "INSERT INTO inventory_history
                      (kind, subject, effective_from, bandwidth_mbps, grp, state, seq)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(sql("record inventory"))?;
-            for e in &changes {
-                insert
+            let mut audit = tx
+                .prepare_cached(
+                    "INSERT INTO audit
+                     (at_ms, effective_from, source, uid, kind, subject, before, after, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(sql("record audit"))?;
+            let mb = |b: Option<u64>| b.map(|b| b as i64);
+            for r in record.upserts {
+                upsert
                     .execute(params![
-                        e.kind,
-                        e.subject,
-                        at,
-                        e.bandwidth_mbps.map(|b| b as i64),
-                        e.group,
-                        e.state,
-                        self.next_seq
+                        r.kind,
+                        r.subject,
+                        r.source,
+                        mb(r.bandwidth_mbps),
+                        mb(r.inbound_mbps),
+                        mb(r.outbound_mbps),
+                        r.group,
+                        r.state,
+                        r.effective_from
+                    ])
+                    .map_err(sql("record inventory"))?;
+                history
+                    .execute(params![
+                        r.kind,
+                        r.subject,
+                        r.effective_from,
+                        mb(r.bandwidth_mbps),
+                        r.group,
+                        r.state,
+                        seq
                     ])
                     .map_err(sql("record inventory"))?;
             }
+            for (kind, subject, at) in record.removals {
+                delete
+                    .execute(params![kind, subject])
+                    .map_err(sql("record inventory"))?;
+                history
+                    .execute(params![
+                        kind,
+                        subject,
+                        at,
+                        None::<i64>,
+                        None::<String>,
+                        "removed",
+                        seq
+                    ])
+                    .map_err(sql("record inventory"))?;
+            }
+            for a in record.audit {
+                audit
+                    .execute(params![
+                        a.at_ms,
+                        a.effective_from,
+                        a.source,
+                        a.uid,
+                        a.kind,
+                        a.subject,
+                        a.before,
+                        a.after,
+                        seq
+                    ])
+                    .map_err(sql("record audit"))?;
+            }
         }
-        tx.commit().map_err(sql("record inventory"))?;
-        for e in &changes {
-            latest.insert((e.kind, e.subject.clone()), e.clone());
-        }
-        Ok(changes.len())
+        tx.commit().map_err(sql("record inventory"))
     }
 
     /// Changes recorded for commits `(after, up_to]`, oldest first.
@@ -126,14 +258,65 @@ impl Store {
             .map_err(sql("read inventory"))
     }
 
-    fn load_latest_inventory(
+    /// Audit rows recorded for commits `(after, up_to]`, oldest first (for shipping).
+    pub fn audit_changes(&self, after: i64, up_to: i64) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_query(
+            "WHERE seq > ?1 AND seq <= ?2 ORDER BY id",
+            params![after, up_to],
+        )
+    }
+
+    /// The audit trail, oldest first: of one subject (an address as the store spells it, or a
+    /// group name) or all, applied at or after `since_ms`, at most `limit` rows (the newest).
+    pub fn audit_trail(
         &self,
-    ) -> Result<std::collections::HashMap<(&'static str, String), InventoryEntry>, StoreError> {
-        Ok(self
-            .inventory_changes(i64::MIN, i64::MAX)?
-            .into_iter()
-            .map(|c| ((c.entry.kind, c.entry.subject.clone()), c.entry))
-            .collect())
+        subject: Option<&str>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut rows = match subject {
+            Some(s) => self.audit_query(
+                "WHERE subject = ?1 AND at_ms >= ?2 ORDER BY id DESC LIMIT ?3",
+                params![s, since_ms, limit as i64],
+            )?,
+            None => self.audit_query(
+                "WHERE at_ms >= ?1 ORDER BY id DESC LIMIT ?2",
+                params![since_ms, limit as i64],
+            )?,
+        };
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn audit_query(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT at_ms, effective_from, source, uid, kind, subject, before, after, seq, id
+                 FROM audit {filter}"
+            ))
+            .map_err(sql("read audit"))?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok(AuditRow {
+                    at_ms: r.get(0)?,
+                    effective_from: r.get(1)?,
+                    source: r.get(2)?,
+                    uid: r.get(3)?,
+                    kind: kind_of(&r.get::<_, String>(4)?),
+                    subject: r.get(5)?,
+                    before: r.get(6)?,
+                    after: r.get(7)?,
+                    seq: r.get(8)?,
+                    id: r.get(9)?,
+                })
+            })
+            .map_err(sql("read audit"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("read audit"))
     }
 }
 

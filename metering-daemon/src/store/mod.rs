@@ -21,6 +21,7 @@
 //! | `figures.rs` | closed daily and monthly figures, for reports                           |
 //! | `export.rs`  | the samples as CSV (the input of `eip-meter compute`)                   |
 //! | `gaps.rs`    | the uplinks' metering gaps                                              |
+//! | `inventory.rs` | the inventory as applied, its history and the audit trail             |
 
 mod commit;
 mod export;
@@ -46,7 +47,7 @@ use rusqlite::{Connection, OptionalExtension};
 pub use commit::{RoundKind, RoundRecords};
 pub use figures::{StoredFigures, Subject};
 pub use gaps::GapRecord;
-pub use inventory::{InventoryChange, InventoryEntry};
+pub use inventory::{AuditRow, InventoryChange, InventoryEntry, InventoryRecord, InventoryRow};
 pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_sample, encode_snapshot};
 pub use ship::{CommittedRound, PresenceRange};
 
@@ -134,6 +135,23 @@ CREATE TABLE IF NOT EXISTS inventory_history (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL,
     effective_from INTEGER NOT NULL, bandwidth_mbps INTEGER, grp TEXT, state TEXT NOT NULL,
     seq INTEGER NOT NULL);
+-- The inventory as last applied, each subject with its owner (`file` or `api`): the API's
+-- subjects come back from here after a restart; the file's are compared with the file at start.
+CREATE TABLE IF NOT EXISTS inventory (
+    kind TEXT NOT NULL, subject TEXT NOT NULL, source TEXT NOT NULL,
+    bandwidth_mbps INTEGER, inbound_mbps INTEGER, outbound_mbps INTEGER, grp TEXT,
+    state TEXT NOT NULL, effective_from INTEGER NOT NULL,
+    PRIMARY KEY (kind, subject)) WITHOUT ROWID;
+-- Every change of the inventory: when it was applied (ms) and took effect (s), by whom
+-- (source, the caller's uid), the subject before and after (JSON); seq: the commit it is
+-- shipped with.
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, effective_from INTEGER NOT NULL,
+    source TEXT NOT NULL, uid INTEGER, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    before TEXT, after TEXT, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject, id);
+CREATE INDEX IF NOT EXISTS audit_by_seq ON audit (seq);
+CREATE INDEX IF NOT EXISTS inventory_history_by_seq ON inventory_history (seq);
 -- The last round the billing store acknowledged (its own watermark is the truth).
 CREATE TABLE IF NOT EXISTS ship_state (
     id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, at INTEGER NOT NULL);
@@ -166,8 +184,6 @@ pub struct Store {
     last_commit_bytes: u64,
     /// The database file, for its size.
     path: PathBuf,
-    /// The last recorded inventory entry of every subject (loaded on first use).
-    inventory: Option<HashMap<(&'static str, String), InventoryEntry>>,
 }
 
 impl Store {
@@ -199,7 +215,18 @@ impl Store {
             "PRAGMA page_size = 65536; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;",
         )
         .map_err(open_err)?;
+        let fresh_inventory: bool = conn
+            .query_row(
+                "SELECT count(*) = 0 FROM sqlite_master WHERE name = 'inventory'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        if fresh_inventory {
+            conn.execute_batch(inventory::SEED_INVENTORY)
+                .map_err(open_err)?;
+        }
         let columns = pair_rows::<i64, String>(
             &conn,
             "SELECT cid, name FROM pragma_table_info('rounds')",
@@ -280,7 +307,6 @@ impl Store {
             rotation: 288,
             last_commit_bytes: 0,
             path: path.to_owned(),
-            inventory: None,
         };
         store.load_addresses()?;
         Ok(store)

@@ -118,7 +118,7 @@ fn removing_an_eip_forgets_its_checkpoint_in_the_same_commit() {
     s.eip_added(b, T0);
     s.round(T0 + 300, &[(a, counters(10, 1)), (b, counters(20, 2))])
         .unwrap();
-    s.eip_removed(b, T0 + 400, &counters(50, 5)).unwrap();
+    s.eips_removed(&[(b, counters(50, 5))], T0 + 400).unwrap();
     let checkpoints: i64 = s
         .store()
         .conn
@@ -372,7 +372,10 @@ fn a_reader_kept_open_sees_eips_added_after_it_opened() {
     s.round(T0 + 600, &[(a, counters(200, 2)), (b, counters(50, 5))])
         .unwrap();
     let last = reader.rounds_after(0, 10).unwrap().pop().unwrap();
-    assert!(reader.round_samples(&last).is_err(), "b is unknown until reloaded");
+    assert!(
+        reader.round_samples(&last).is_err(),
+        "b is unknown until reloaded"
+    );
     reader.load_addresses().unwrap();
     let eips: Vec<IpAddr> = reader
         .round_samples(&last)

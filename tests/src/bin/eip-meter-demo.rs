@@ -156,6 +156,18 @@ fn main() -> Result<()> {
         );
     }
 
+    println!("\n== The admin API (unix socket): a control plane adds an EIP and caps it");
+    let api_eip = "203.0.113.77";
+    for args in [
+        vec!["eip", "set", api_eip, "--bandwidth", "50"],
+        vec!["eip", "set", api_eip, "--state", "arrears"],
+        vec!["eip", "show", api_eip],
+        vec!["history", "--eip", api_eip],
+    ] {
+        println!("$ eip-meter {}", args.join(" "));
+        print!("{}", daemon.subcommand(&args)?);
+    }
+
     println!(
         "\n== Waiting two sampling intervals, then: eip-meter samples (raw samples, first rows)"
     );

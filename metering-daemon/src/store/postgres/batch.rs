@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use crate::{
     billing::SampleState,
-    store::{InventoryChange, PresenceRange, RoundKind, Store, StoreError},
+    store::{AuditRow, InventoryChange, PresenceRange, RoundKind, Store, StoreError},
 };
 
 /// Rounds per batch (a day of 5-minute rounds), and sample rows after which a batch stops: a
@@ -57,6 +57,7 @@ pub struct Batch {
     pub intervals: Vec<(i64, IntervalCoverage)>,
     pub presence: Vec<PresenceRange>,
     pub inventory: Vec<InventoryChange>,
+    pub audit: Vec<AuditRow>,
 }
 
 /// The next batch after commit `after`: up to `max_rounds` rounds, stopping after the round
@@ -125,5 +126,6 @@ pub fn build(
     }
     batch.presence = store.presence_changes(after, batch.last_seq)?;
     batch.inventory = store.inventory_changes(after, batch.last_seq)?;
+    batch.audit = store.audit_changes(after, batch.last_seq)?;
     Ok(Some(batch))
 }

@@ -7,10 +7,13 @@ use tokio_postgres::{Client, GenericClient};
 use super::{PgError, pg};
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_inventory_audit.sql")),
+];
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The version the store is at (0: empty).
 pub async fn version(client: &impl GenericClient) -> Result<i32, PgError> {

@@ -243,6 +243,31 @@ pub async fn ship(db: &mut Db, me: &HostIdentity, batch: &Batch) -> Result<Shipp
     )
     .await
     .map_err(pg("insert inventory history"))?;
+    let audit = &batch.audit;
+    let ids: Vec<i64> = audit.iter().map(|a| a.id).collect();
+    let applied: Vec<i64> = audit.iter().map(|a| a.at_ms).collect();
+    let effective: Vec<i64> = audit.iter().map(|a| a.effective_from).collect();
+    let sources: Vec<&str> = audit.iter().map(|a| a.source.as_str()).collect();
+    let uids: Vec<Option<i64>> = audit.iter().map(|a| a.uid.map(i64::from)).collect();
+    let kinds: Vec<&str> = audit.iter().map(|a| a.kind).collect();
+    let subjects: Vec<&str> = audit.iter().map(|a| a.subject.as_str()).collect();
+    let before: Vec<Option<&str>> = audit.iter().map(|a| a.before.as_deref()).collect();
+    let after: Vec<Option<&str>> = audit.iter().map(|a| a.after.as_deref()).collect();
+    tx.execute(
+        "INSERT INTO inventory_audit
+         (host, local_id, applied_at_ms, effective_from, source, uid, kind, subject, before, after)
+         SELECT $1, i, a, e, s, u, k, sub, b::jsonb, af::jsonb
+         FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[],
+                     $7::text[], $8::text[], $9::text[], $10::text[])
+              AS x(i, a, e, s, u, k, sub, b, af)
+         ON CONFLICT DO NOTHING",
+        &[
+            &me.host, &ids, &applied, &effective, &sources, &uids, &kinds, &subjects, &before,
+            &after,
+        ],
+    )
+    .await
+    .map_err(pg("insert inventory audit"))?;
     tx.execute(
         "UPDATE watermarks SET seq = $2, boundary = $3, shipped_at = now() WHERE host = $1",
         &[&me.host, &batch.last_seq, &batch.last_boundary],
