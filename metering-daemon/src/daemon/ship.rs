@@ -77,7 +77,18 @@ pub fn spawn(
                 }
                 Err(e) => {
                     shipper.failed(&e);
-                    tokio::time::sleep(shipper.backoff).await;
+                    // Rounds committed while waiting still show in the backlog at once.
+                    let retry = tokio::time::Instant::now() + shipper.backoff;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(retry) => break,
+                            () = wake.notified() => {
+                                if let Err(e) = shipper.refresh_backlog().await {
+                                    debug!(error = %e, "billing store: backlog not counted");
+                                }
+                            }
+                        }
+                    }
                     shipper.backoff = (shipper.backoff * 2).min(MAX_BACKOFF);
                 }
             }

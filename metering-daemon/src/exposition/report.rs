@@ -452,4 +452,17 @@ mod tests {
         assert_eq!(v["eips"][0]["days"][0]["open"], true);
         assert_eq!(v["eips"][0]["days"][0]["samples"], 6);
     }
+
+    #[test]
+    fn each_subject_says_who_owns_it_or_that_it_was_removed() {
+        let mut i = inputs(Period::Month("2026-11".into()), None);
+        i.sources
+            .insert(Subject::Eip("203.0.113.1".parse().unwrap()), "api".into());
+        let r = Report::build(i);
+        let t = r.to_table();
+        assert!(t.contains("EIP 203.0.113.1 (source: api)"), "{t}");
+        assert!(t.contains("EIP 203.0.113.2 (source: removed)"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["eips"][0]["source"], "api");
+    }
 }

@@ -98,6 +98,20 @@ fn fleet_figures_of_an_ecmp_pair_equal_compute_over_both_exports() {
         }
     }
     assert_eq!(shipped, (sent_in, sent_out), "shipped bytes vs sent bytes");
+    // The audit trail came with the rounds: each router's start added the group and the EIP.
+    for host in ["router-a", "router-b"] {
+        let audit = pg
+            .query(&format!(
+                "SELECT kind || ',' || subject || ',' || source || ',' || coalesce(after->>'group', '-')
+                 FROM inventory_audit WHERE host = '{host}' ORDER BY local_id"
+            ))
+            .unwrap();
+        assert_eq!(
+            audit.trim(),
+            format!("group,shared-1,file,-\neip,{eip},file,shared-1"),
+            "{host}"
+        );
+    }
 
     // Figures: `bill` from the billing store vs `compute` over the union of the exports.
     let history: String = pg
