@@ -7,7 +7,8 @@
 //!
 //! | file          | job                                                                  |
 //! |---------------|----------------------------------------------------------------------|
-//! | `model.rs`    | the inventory, ownership, planning and checking a batch (pure)        |
+//! | `model.rs`    | the inventory, ownership, the changes and their deltas (pure)         |
+//! | `plan.rs`     | planning a batch: each item checked, then the whole (pure)            |
 //! | `protocol.rs` | the wire format, version 1: JSON items to ops, each refused on its own |
 //! | `record.rs`   | the inventory as the local store keeps it, and its audit rows          |
 //! | `server.rs`   | HTTP/1.1 on the unix socket (and TCP with TLS + token), one task each  |
@@ -15,8 +16,11 @@
 
 pub mod client;
 pub mod model;
+mod plan;
 pub mod protocol;
 pub mod record;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
 pub use model::{Delta, Held, Inventory, ItemError, Limits, Op, Source, Summary};
