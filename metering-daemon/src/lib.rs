@@ -11,6 +11,7 @@
 //! * [`store`]: the local crash-safe sample store.
 //! * [`slots`], [`policy`], [`edit`]: pure inventory bookkeeping, kernel policy, config edits.
 //! * [`config`]: the TOML configuration and its validation.
+//! * [`rating`]: charges from figures by billing type, in exact decimal money (pure).
 //! * [`billing`]: the billing rules and figures (pure).
 //! * [`addr`]: what makes two spellings of an address the same EIP.
 pub mod addr;
@@ -23,6 +24,7 @@ pub mod edit;
 pub mod exposition;
 pub mod inventory;
 pub mod policy;
+pub mod rating;
 pub mod sampling;
 pub mod slots;
 pub mod store;

@@ -87,6 +87,11 @@ impl Calendar {
         })
     }
 
+    /// The zone itself.
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
     pub fn timezone(&self) -> &'static str {
         self.tz.name()
     }

@@ -9,12 +9,14 @@
 //! * `offline.rs`: `samples`, `report`, `plot`: the local store's samples and figures, without
 //!   a daemon.
 //! * `compute.rs`: `compute`, figures recomputed from CSV files in bounded memory.
+//! * `rate.rs`: `rate`, charge lines from `compute`'s figures, plans and prices, offline.
 
 mod admin;
 mod billing;
 mod compute;
 mod inventory;
 mod offline;
+mod rate;
 mod run;
 mod status;
 
@@ -109,6 +111,12 @@ enum Command {
     /// address) is reported with its line and nothing is printed on stdout; the exit code is
     /// then 1.
     Compute(compute::ComputeArgs),
+    /// Rate figures into charge lines, offline (the auditor's path): `compute`'s JSON, a plans
+    /// file (each EIP's and shared bandwidth's plan, creation, deletion, bandwidth history)
+    /// and a price file. Each line carries its interval, quantity, unit price, the exact amount
+    /// and the amount settled (rounded once, half away from zero, to the cent). Lines are
+    /// chosen by their settlement time in [--from, --to).
+    Rate(rate::RateArgs),
     /// Compute the fleet's figures for a day or a month in the shared PostgreSQL billing store,
     /// from every router's shipped samples (summed per interval across hosts before any
     /// percentile), and write them to its `figures` table as revisions. For a systemd timer
@@ -185,6 +193,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Report(args) => offline::report(&args),
         Command::Plot(args) => offline::plot(&args),
         Command::Compute(args) => compute::compute(args),
+        Command::Rate(args) => rate::rate(&args),
         Command::Bill(args) => billing::bill(args),
         Command::Store { action } => billing::store(action),
     }

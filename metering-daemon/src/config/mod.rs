@@ -30,6 +30,7 @@ pub use file::{
     MetricsSection, PolicingSection, SamplerSection,
 };
 pub use host::{AnyInterface, CurrentNetns, HostCheck};
+pub(crate) use validate::line_col;
 pub use validate::{ConfigError, Problem};
 
 use crate::billing::{

@@ -1,0 +1,51 @@
+//! Billing plans, and when a monthly package expires.
+
+use chrono::{Datelike, Months, NaiveTime, TimeZone};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// How an EIP or a shared bandwidth is charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plan {
+    /// Prepaid for `months` (1-9, or 12, 24, 36 for 1-3 years) from `start` (UNIX seconds).
+    Monthly { start: i64, months: u32 },
+    /// Pay by configuration: hourly cycles, usage to the second.
+    Hourly,
+    /// Pay by traffic: a daily retention fee plus outbound GB.
+    Traffic,
+    /// Enhanced 95th: the billed peak per month, pro rata of the in-use days.
+    Enhanced95,
+    /// Classic monthly 95th of all samples.
+    P95,
+}
+
+impl Plan {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Plan::Monthly { .. } => "monthly",
+            Plan::Hourly => "hourly",
+            Plan::Traffic => "traffic",
+            Plan::Enhanced95 => "enhanced95",
+            Plan::P95 => "p95",
+        }
+    }
+}
+
+/// Whether `months` is a package length on sale: 1-9 months, or 1, 2 or 3 years.
+pub fn valid_package_months(months: u32) -> bool {
+    (1..=9).contains(&months) || [12, 24, 36].contains(&months)
+}
+
+/// When a monthly package bought at `start` for `months` expires: 23:59:59 (in `tz`) on the same
+/// day of the month `months` natural months later; a day the target month lacks (the 31st, or
+/// February 29th a year on) becomes that month's last day. `None` if the time does not exist.
+pub fn package_expiry(start: i64, months: u32, tz: Tz) -> Option<i64> {
+    let local = tz.timestamp_opt(start, 0).single()?;
+    // chrono clamps to the month's last day: Jan 31 + 1 month = Feb 28 (29), Feb 29 + 12 = Feb 28.
+    let day = local.date_naive().checked_add_months(Months::new(months))?;
+    debug_assert!(day.day() <= local.day());
+    let end = day.and_time(NaiveTime::from_hms_opt(23, 59, 59)?);
+    // A DST jump over 23:59:59 is not a thing in any zone; take the later if it is ambiguous.
+    tz.from_local_datetime(&end).latest().map(|t| t.timestamp())
+}
