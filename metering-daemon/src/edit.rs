@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
-use crate::{addr::normalize, config::EipState};
+use crate::{addr::normalize, billing::plans::Plan, config::EipState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {
@@ -20,6 +20,8 @@ pub enum EditError {
     NoSuchGroup(String),
     #[error("group `{name}` is new: give it a --bandwidth")]
     NewGroupNeedsBandwidth { name: String },
+    #[error("EIP {0} has no monthly package in the config to renew (give --plan monthly)")]
+    NotAPackage(IpAddr),
     #[error("group `{name}` still has {members} EIP(s); move them first")]
     GroupInUse { name: String, members: usize },
 }
@@ -42,6 +44,10 @@ pub struct EipChanges {
     /// Joining a group clears the EIP's own bandwidths (the group's cap applies).
     pub group: Change<String>,
     pub state: Option<EipState>,
+    /// A new plan (a monthly package with its start and length).
+    pub plan: Option<crate::billing::plans::Plan>,
+    /// Months a monthly package is renewed by (or an hourly or traffic plan converted into).
+    pub renew_months: Option<u32>,
 }
 
 /// What `eip-meter group set` changes.
@@ -131,6 +137,26 @@ pub fn set_eip(text: &str, addr: IpAddr, changes: &EipChanges) -> Result<String,
         } else {
             table["state"] = value(state.as_str());
         }
+    }
+    if let Some(plan) = changes.plan {
+        table["plan"] = value(plan.name());
+        table.remove("plan_start");
+        table.remove("plan_months");
+        if let Plan::Monthly { start, months } = plan {
+            let start = chrono::DateTime::from_timestamp(start, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            table["plan_start"] = value(start);
+            table["plan_months"] = value(i64::from(months));
+        }
+    }
+    if let Some(n) = changes.renew_months {
+        let months = table
+            .get("plan_months")
+            .and_then(|m| m.as_integer())
+            .filter(|_| table.get("plan").and_then(|p| p.as_str()) == Some("monthly"))
+            .ok_or(EditError::NotAPackage(addr))?;
+        table["plan_months"] = value(months + i64::from(n));
     }
     Ok(doc.to_string())
 }

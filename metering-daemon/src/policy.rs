@@ -119,7 +119,7 @@ pub fn eip_plan(e: &EipConfig, policing: &PolicingConfig) -> EipPlan {
             .map_or(Caps::None, Caps::Own),
     };
     EipPlan {
-        state: e.state,
+        state: crate::rating::lifecycle::enforced_state(e),
         caps,
     }
 }

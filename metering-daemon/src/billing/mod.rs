@@ -15,6 +15,7 @@
 
 pub mod calendar;
 pub mod fleet;
+pub mod plans;
 pub mod replay;
 pub mod rules;
 pub mod samples;

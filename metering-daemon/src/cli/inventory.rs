@@ -27,6 +27,10 @@ pub(super) fn eip(action: EipAction) -> anyhow::Result<ExitCode> {
             outbound,
             group,
             state,
+            plan,
+            plan_start,
+            plan_months,
+            renew_months,
         } => {
             let changes = EipChanges {
                 bandwidth_mbps: bandwidth.unwrap_or_default(),
@@ -34,6 +38,8 @@ pub(super) fn eip(action: EipAction) -> anyhow::Result<ExitCode> {
                 outbound_mbps: outbound.unwrap_or_default(),
                 group: group.unwrap_or_default(),
                 state,
+                plan: plan_of(plan.as_deref(), plan_start.as_deref(), plan_months)?,
+                renew_months,
             };
             if let Some(api) = super::admin::owner_api(&live, "eips", &address.to_string())? {
                 return super::admin::set_eip(&api, address, &changes);
@@ -44,9 +50,18 @@ pub(super) fn eip(action: EipAction) -> anyhow::Result<ExitCode> {
                 |_| vec![crate::addr::normalize(address)],
             )
         }
-        EipAction::Remove { address, live } => {
+        EipAction::Remove {
+            address,
+            live,
+            force,
+        } => {
             if let Some(api) = super::admin::owner_api(&live, "eips", &address.to_string())? {
-                return super::admin::remove(&api, "eips", &address.to_string());
+                let subject = if force {
+                    format!("{address}?force=true")
+                } else {
+                    address.to_string()
+                };
+                return super::admin::remove(&api, "eips", &subject);
             }
             live_edit(
                 &live,
@@ -115,6 +130,43 @@ pub(super) struct LiveArgs {
     timeout_ms: u64,
 }
 
+/// The plan the flags give (a monthly package from now unless --plan-start says when).
+fn plan_of(
+    plan: Option<&str>,
+    start: Option<&str>,
+    months: Option<u32>,
+) -> anyhow::Result<Option<crate::billing::plans::Plan>> {
+    use crate::billing::plans::{Plan, valid_package_months};
+    let Some(plan) = plan else {
+        anyhow::ensure!(
+            start.is_none() && months.is_none(),
+            "--plan-start and --plan-months go with --plan monthly"
+        );
+        return Ok(None);
+    };
+    Ok(Some(match plan {
+        "monthly" => {
+            let start = match start {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .with_context(|| format!("--plan-start `{t}` is not RFC 3339 with an offset"))?
+                    .timestamp(),
+                None => chrono::Utc::now().timestamp(),
+            };
+            let months = months
+                .filter(|m| valid_package_months(*m))
+                .context("--plan monthly needs --plan-months: 1-9, or 12, 24, 36")?;
+            Plan::Monthly { start, months }
+        }
+        "hourly" => Plan::Hourly,
+        "traffic" => Plan::Traffic,
+        "enhanced95" => Plan::Enhanced95,
+        "p95" => Plan::P95,
+        other => anyhow::bail!(
+            "--plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"
+        ),
+    }))
+}
+
 /// A bandwidth in Mbit/s, or `none` to delete it.
 fn mbps_change(s: &str) -> Result<Change<u64>, String> {
     if s == "none" {
@@ -165,12 +217,31 @@ pub(super) enum EipAction {
         /// active, expired, arrears or frozen (the last three drop all its traffic).
         #[arg(long, value_parser = parse_state)]
         state: Option<EipState>,
+        /// How it is charged: monthly (with --plan-start and --plan-months), hourly, traffic,
+        /// enhanced95 or p95. A monthly package expires at 23:59:59 on the same day
+        /// --plan-months later and is then blocked, and released after the retention.
+        #[arg(long)]
+        plan: Option<String>,
+        /// A monthly package's purchase time (RFC 3339 with an offset; default: now).
+        #[arg(long)]
+        plan_start: Option<String>,
+        /// A monthly package's length: 1-9, or 12, 24, 36 months.
+        #[arg(long)]
+        plan_months: Option<u32>,
+        /// Renew the monthly package by this many months (an expired one is active again at
+        /// once), or convert an hourly or traffic plan into a package of this length from now.
+        #[arg(long)]
+        renew_months: Option<u32>,
     },
-    /// Stop metering and policing the EIP (its last samples are written first).
+    /// Stop metering and policing the EIP (its last samples are written first). A monthly
+    /// package is refused before it expires unless --force.
     Remove {
         address: IpAddr,
         #[command(flatten)]
         live: LiveArgs,
+        /// Remove a monthly package before its expiry (an operator's override; logged).
+        #[arg(long)]
+        force: bool,
     },
     /// Show one EIP as the running daemon holds it: its settings, owner, and the kernel's
     /// state, caps, counters and drops.

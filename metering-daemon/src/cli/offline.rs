@@ -17,7 +17,7 @@ use crate::{
     daemon::{ShipStatus, shipping_file},
     exposition::{
         plot::{self, ChartInput, ChartPeriod},
-        report::{Inputs, Period, Report, ShippingRow},
+        report::{Inputs, Period, Report, ShippingRow, TransitionRow},
     },
     policy::{self, Caps},
     store::{Store, Subject},
@@ -143,7 +143,23 @@ pub(super) fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
             Some((subject, r.source))
         })
         .collect();
+    let state = |j: &Option<String>| {
+        j.as_deref()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| v["state"].as_str().map(str::to_owned))
+    };
+    let transitions = store
+        .audit_by_source("lifecycle", from, to)?
+        .into_iter()
+        .map(|r| TransitionRow {
+            at: r.effective_from,
+            eip: r.subject.clone(),
+            from: state(&r.before),
+            to: state(&r.after),
+        })
+        .collect();
     let report = Report::build(Inputs {
+        transitions,
         sources,
         timezone: calendar.timezone().to_owned(),
         interval_seconds: calendar.interval(),

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub billing_store: Option<Spanned<BillingStoreSection>>,
     #[serde(default)]
     pub api: Option<Spanned<ApiSection>>,
+    #[serde(default)]
+    pub lifecycle: Option<Spanned<LifecycleSection>>,
     /// Shared bandwidths, one `[[group]]` table each.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupSection>,
@@ -117,6 +119,12 @@ pub struct EipSection {
     pub group: Option<Spanned<String>>,
     /// "active" (default), "expired", "arrears" or "frozen".
     pub state: Option<EipState>,
+    /// "monthly", "hourly", "traffic", "enhanced95" or "p95".
+    pub plan: Option<Spanned<String>>,
+    /// A monthly package's purchase time, RFC 3339 with an offset.
+    pub plan_start: Option<Spanned<String>>,
+    /// A monthly package's length: 1-9, 12, 24 or 36 months.
+    pub plan_months: Option<Spanned<u32>>,
 }
 
 /// `[metrics]`; every field optional.
@@ -162,4 +170,16 @@ pub struct ApiSection {
     pub tls_key: Option<PathBuf>,
     /// File holding the bearer token TCP clients must send.
     pub token_file: Option<PathBuf>,
+}
+
+/// `[lifecycle]`; every field optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSection {
+    /// Default 604800 (7 days).
+    pub retention_seconds: Option<i64>,
+    pub grace_seconds: Option<i64>,
+    pub frozen_seconds: Option<i64>,
+    /// `HH:MM:SS` (default "23:59:59").
+    pub package_expiry_time: Option<String>,
 }

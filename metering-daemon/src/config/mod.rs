@@ -27,12 +27,13 @@ use serde::Deserialize;
 
 pub use file::{
     ApiSection, BillingStoreSection, ConfigFile, DataplaneSection, EipSection, GroupSection,
-    MetricsSection, PolicingSection, SamplerSection,
+    LifecycleSection, MetricsSection, PolicingSection, SamplerSection,
 };
 pub use host::{AnyInterface, CurrentNetns, HostCheck};
 pub(crate) use validate::line_col;
 pub use validate::{ConfigError, Problem};
 
+pub use crate::billing::plans::Plan;
 use crate::billing::{
     GbUnit, SampleRule,
     calendar::{Calendar, DEFAULT_INTERVAL_SECONDS, DEFAULT_TIMEZONE},
@@ -58,6 +59,8 @@ pub struct Config {
     pub billing_store: Option<BillingStoreConfig>,
     /// The admin API of the control plane.
     pub api: ApiConfig,
+    /// Each EIP's lifecycle: retention, grace, the time packages expire.
+    pub lifecycle: LifecycleConfig,
     /// Shared bandwidths, by name.
     pub groups: Vec<GroupConfig>,
     pub eips: Vec<EipConfig>,
@@ -251,6 +254,8 @@ pub struct EipConfig {
     /// The shared bandwidth this EIP draws on (then it has no caps of its own).
     pub group: Option<String>,
     pub state: EipState,
+    /// How it is charged (its lifecycle follows: a monthly package expires).
+    pub plan: Option<Plan>,
 }
 
 impl EipConfig {
@@ -262,6 +267,7 @@ impl EipConfig {
             outbound_mbps: None,
             group: None,
             state: EipState::Active,
+            plan: None,
         }
     }
 }
@@ -374,4 +380,29 @@ pub struct ApiTcpConfig {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub token_file: PathBuf,
+}
+
+/// The lifecycle's periods (`[lifecycle]`); every field takes effect on reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// Seconds from service stopped (`expired`, `arrears`) to release (default 7 days).
+    pub retention_seconds: i64,
+    /// Enhanced 95th in arrears: seconds of service before `frozen` (default 7 days).
+    pub grace_seconds: i64,
+    /// Enhanced 95th `frozen`: seconds to release (default 7 days).
+    pub frozen_seconds: i64,
+    /// Local time of day a monthly package expires (default 23:59:59, the product's).
+    pub package_expiry_time: chrono::NaiveTime,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        let week = 7 * 86_400;
+        Self {
+            retention_seconds: week,
+            grace_seconds: week,
+            frozen_seconds: week,
+            package_expiry_time: crate::billing::plans::PACKAGE_EXPIRY_TIME,
+        }
+    }
 }

@@ -155,3 +155,51 @@ fn keep_with_netlink_is_rejected() {
     assert_eq!(p.len(), 1);
     assert!(p[0].contains("needs pinnable TCX links"));
 }
+
+#[test]
+fn plans_and_the_lifecycle_are_parsed_and_every_problem_located() {
+    let c = Config::parse(
+        "[dataplane]\ninterfaces = [\"eth0\"]\n[lifecycle]\nretention_seconds = 60\npackage_expiry_time = \"12:00:00\"\n\
+         [[eip]]\naddress = \"203.0.113.1\"\nplan = \"monthly\"\nplan_start = \"2017-08-02T10:00:00+08:00\"\nplan_months = 12\n\
+         [[eip]]\naddress = \"203.0.113.2\"\nplan = \"traffic\"\n",
+        &AnyInterface,
+    )
+    .unwrap();
+    assert_eq!(
+        c.eips[0].plan,
+        Some(crate::billing::plans::Plan::Monthly {
+            start: 1_501_639_200,
+            months: 12
+        })
+    );
+    assert_eq!(c.eips[1].plan, Some(crate::billing::plans::Plan::Traffic));
+    assert_eq!(c.lifecycle.retention_seconds, 60);
+    assert_eq!(c.lifecycle.grace_seconds, 7 * 86_400);
+    let p = problems(
+        "[dataplane]\ninterfaces = [\"eth0\"]\n[lifecycle]\npackage_expiry_time = \"25:00\"\n\
+         [[eip]]\naddress = \"203.0.113.1\"\nplan = \"monthly\"\nplan_months = 10\n\
+         [[eip]]\naddress = \"203.0.113.2\"\nplan = \"hourly\"\nplan_months = 1\n\
+         [[eip]]\naddress = \"203.0.113.3\"\nplan = \"weekly\"\n",
+    );
+    let all = p.join("\n");
+    assert!(
+        all.contains("package_expiry_time `25:00` is not HH:MM:SS"),
+        "{all}"
+    );
+    assert!(
+        all.contains("line 7, column 8: a monthly package needs plan_start"),
+        "{all}"
+    );
+    assert!(
+        all.contains("line 8, column 15: plan_months must be 1-9"),
+        "{all}"
+    );
+    assert!(
+        all.contains("line 12, column 15: plan_months only goes with plan = \"monthly\""),
+        "{all}"
+    );
+    assert!(
+        all.contains("line 15, column 8: plan `weekly` is not one of"),
+        "{all}"
+    );
+}

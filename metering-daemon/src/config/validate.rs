@@ -270,6 +270,11 @@ impl Config {
         }
 
         let api = validate_api(file.api.as_ref(), &instance, &mut problem);
+        let lifecycle = validate_lifecycle(file.lifecycle.as_ref(), &mut problem);
+        let mut plans = Vec::with_capacity(file.eips.len());
+        for eip in &file.eips {
+            plans.push(validate_plan(eip, &mut problem));
+        }
 
         let group_capacity = d
             .group_capacity
@@ -433,6 +438,7 @@ impl Config {
             metrics,
             billing_store,
             api,
+            lifecycle,
             groups: file
                 .groups
                 .into_iter()
@@ -446,17 +452,138 @@ impl Config {
             eips: file
                 .eips
                 .into_iter()
-                .map(|e| EipConfig {
+                .zip(plans)
+                .map(|(e, plan)| EipConfig {
                     address: normalize(e.address.into_inner()),
                     bandwidth_mbps: e.bandwidth_mbps.map(Spanned::into_inner),
                     inbound_mbps: e.inbound_mbps.map(Spanned::into_inner),
                     outbound_mbps: e.outbound_mbps.map(Spanned::into_inner),
                     group: e.group.map(Spanned::into_inner),
                     state: e.state.unwrap_or_default(),
+                    plan,
                 })
                 .collect(),
         })
     }
+}
+
+/// An `[[eip]]`'s plan: `plan_start` and `plan_months` with a monthly package, and only then.
+fn validate_plan(
+    eip: &super::EipSection,
+    problem: &mut impl FnMut(Range<usize>, String),
+) -> Option<super::Plan> {
+    use super::Plan;
+    let plan = eip.plan.as_ref()?;
+    let span = plan.span();
+    let parsed = match plan.get_ref().as_str() {
+        "monthly" => {
+            let start = match &eip.plan_start {
+                Some(s) => match chrono::DateTime::parse_from_rfc3339(s.get_ref()) {
+                    Ok(t) => Some(t.timestamp()),
+                    Err(_) => {
+                        problem(
+                            s.span(),
+                            format!(
+                                "plan_start `{}` is not an RFC 3339 time with an offset",
+                                s.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                },
+                None => {
+                    problem(
+                        span.clone(),
+                        "a monthly package needs plan_start".to_owned(),
+                    );
+                    None
+                }
+            };
+            let months = match &eip.plan_months {
+                Some(m) if crate::billing::plans::valid_package_months(*m.get_ref()) => {
+                    Some(*m.get_ref())
+                }
+                Some(m) => {
+                    problem(
+                        m.span(),
+                        "plan_months must be 1-9, or 12, 24, 36 (1-3 years)".to_owned(),
+                    );
+                    None
+                }
+                None => {
+                    problem(
+                        span.clone(),
+                        "a monthly package needs plan_months".to_owned(),
+                    );
+                    None
+                }
+            };
+            return Some(Plan::Monthly {
+                start: start?,
+                months: months?,
+            });
+        }
+        "hourly" => Plan::Hourly,
+        "traffic" => Plan::Traffic,
+        "enhanced95" => Plan::Enhanced95,
+        "p95" => Plan::P95,
+        other => {
+            problem(
+                span,
+                format!("plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"),
+            );
+            return None;
+        }
+    };
+    for (key, given) in [
+        ("plan_start", eip.plan_start.as_ref().map(|s| s.span())),
+        ("plan_months", eip.plan_months.as_ref().map(|m| m.span())),
+    ] {
+        if let Some(at) = given {
+            problem(at, format!("{key} only goes with plan = \"monthly\""));
+        }
+    }
+    Some(parsed)
+}
+
+/// `[lifecycle]`: periods of at least a second, a valid time of day.
+fn validate_lifecycle(
+    section: Option<&Spanned<super::LifecycleSection>>,
+    problem: &mut impl FnMut(Range<usize>, String),
+) -> super::LifecycleConfig {
+    let mut l = super::LifecycleConfig::default();
+    let Some(section) = section else { return l };
+    let span = section.span();
+    let s = section.get_ref();
+    for (key, value, field) in [
+        (
+            "retention_seconds",
+            s.retention_seconds,
+            &mut l.retention_seconds,
+        ),
+        ("grace_seconds", s.grace_seconds, &mut l.grace_seconds),
+        ("frozen_seconds", s.frozen_seconds, &mut l.frozen_seconds),
+    ] {
+        if let Some(v) = value {
+            if v < 1 {
+                problem(
+                    span.clone(),
+                    format!("[lifecycle]: {key} must be at least 1"),
+                );
+            }
+            *field = v;
+        }
+    }
+    if let Some(t) = &s.package_expiry_time {
+        match chrono::NaiveTime::parse_from_str(t, "%H:%M:%S") {
+            Ok(t) => l.package_expiry_time = t,
+            Err(_) => problem(
+                span.clone(),
+                format!("[lifecycle]: package_expiry_time `{t}` is not HH:MM:SS"),
+            ),
+        }
+    }
+    l
 }
 
 /// `[api]`: a unix socket by default; TCP only with TLS and a token.

@@ -7,9 +7,11 @@
 //! * `round.rs`: one sampling round and the figures it publishes.
 //! * `reload.rs`: applying a new config.
 //! * `admin.rs`: applying inventory changes (API batches and syncs, reloads), answering reads.
+//! * `lifecycle.rs`: expiry, renewal, freeze and release at their second.
 //! * `uplinks.rs`: logging, recording and publishing uplink changes.
 
 mod admin;
+mod lifecycle;
 mod reload;
 mod round;
 mod ship;
@@ -101,6 +103,18 @@ fn rfc3339(t: f64) -> String {
         .unwrap_or_default()
 }
 
+/// The lifecycle's periods from the config, in the billing zone.
+fn lifecycle_rules(config: &Config) -> crate::rating::LifecycleRules {
+    let l = &config.lifecycle;
+    crate::rating::LifecycleRules {
+        tz: config.sampler.calendar().tz(),
+        package_expiry_time: l.package_expiry_time,
+        retention_seconds: l.retention_seconds,
+        grace_seconds: l.grace_seconds,
+        frozen_seconds: l.frozen_seconds,
+    }
+}
+
 /// Where the running daemon writes its pid (read by `eip-meter eip` and `eip-meter group`).
 pub fn pid_file(state_dir: &Path) -> PathBuf {
     state_dir.join("eip-meter.pid")
@@ -168,11 +182,12 @@ pub async fn run(
     let limits = Limits {
         eips: config.dataplane.capacity,
         groups: config.dataplane.group_capacity,
+        lifecycle: lifecycle_rules(&config),
     };
     let (stored_groups, stored_eips) =
         inventory::record::from_rows(sampler.store().load_inventory()?)
             .map_err(DaemonError::StoredInventory)?;
-    let mut inventory = Inventory::new(stored_groups, stored_eips);
+    let mut inventory = Inventory::new(stored_groups, stored_eips).with_lifecycle(limits.lifecycle);
     let (file_deltas, _) = inventory
         .plan_sync(
             Source::File,
@@ -259,6 +274,8 @@ pub async fn run(
     };
     daemon.note_inventory(&groups, &eips);
     drop((groups, eips));
+    // Transitions due while the daemon was down, effective when they were due.
+    daemon.run_lifecycle();
     daemon.publish();
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(listener) = listener {
@@ -306,7 +323,12 @@ pub async fn run(
         let now = now_seconds();
         let boundary = calendar.interval_start(now.floor() as i64) + step;
         let wait = Duration::from_secs_f64((boundary as f64 - now).max(0.0));
+        let lifecycle_wait = daemon
+            .inventory
+            .next_due()
+            .map(|at| Duration::from_secs_f64((at as f64 - now).max(0.0)));
         tokio::select! {
+            () = sleep_for(lifecycle_wait) => daemon.run_lifecycle(),
             () = &mut shutdown => break,
             () = tokio::time::sleep(wait) => daemon.round(boundary),
             notice = next_notice(&mut watcher) => match notice {
@@ -365,6 +387,14 @@ impl Daemon {
         }
         self.uplinks.write_status(self.dataplane.uplink_status());
         self.publish();
+    }
+}
+
+/// Sleeps `wait`, or forever when there is nothing to wait for.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(w) => tokio::time::sleep(w).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -65,7 +65,12 @@ impl Daemon {
             }
         };
         let policing_changed = new.policing != self.config.policing;
+        let lifecycle_changed = new.lifecycle != self.config.lifecycle;
         self.config = new;
+        if lifecycle_changed {
+            self.limits.lifecycle = super::lifecycle_rules(&self.config);
+            self.inventory.set_lifecycle(self.limits.lifecycle);
+        }
         match self.apply_deltas(&deltas, "file", None) {
             Ok(report) => {
                 if policing_changed {

@@ -59,6 +59,19 @@ pub struct Inputs {
     pub shipping: Option<ShippingRow>,
     /// Who owns each subject now (`file` or `api`); a subject without one was removed.
     pub sources: std::collections::HashMap<Subject, String>,
+    /// Lifecycle transitions effective in the period (expiry, renewal, freeze, release).
+    pub transitions: Vec<TransitionRow>,
+}
+
+/// One lifecycle transition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransitionRow {
+    /// UNIX seconds it took effect.
+    pub at: i64,
+    pub eip: String,
+    pub from: Option<String>,
+    /// The state after it; `None`: released.
+    pub to: Option<String>,
 }
 
 /// Shipping to the billing store, as the local store and the daemon's status file tell.
@@ -85,6 +98,7 @@ pub struct Report {
     pub metering_gaps: Vec<GapRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shipping: Option<ShippingRow>,
+    pub lifecycle_transitions: Vec<TransitionRow>,
     pub eips: Vec<SubjectFigures>,
     pub groups: Vec<SubjectFigures>,
 }
@@ -140,6 +154,7 @@ impl Report {
             gaps,
             shipping,
             sources,
+            transitions,
         } = inputs;
         let wanted = |s: &Subject| only.as_ref().is_none_or(|o| o == s);
         let mut subjects: BTreeMap<Subject, SubjectFigures> = BTreeMap::new();
@@ -213,6 +228,7 @@ impl Report {
                 })
                 .collect(),
             shipping,
+            lifecycle_transitions: transitions,
             eips,
             groups,
         }
@@ -255,6 +271,16 @@ impl Report {
                 time(g.from),
                 g.to.map_or("now".to_owned(), time),
                 g.cause
+            );
+        }
+        for t in &self.lifecycle_transitions {
+            let _ = writeln!(
+                out,
+                "lifecycle: EIP {} {} -> {} at {}",
+                t.eip,
+                t.from.as_deref().unwrap_or("-"),
+                t.to.as_deref().unwrap_or("released"),
+                time(t.at as f64)
             );
         }
         if let Some(s) = &self.shipping {
@@ -419,6 +445,12 @@ mod tests {
             gaps: Vec::new(),
             shipping: None,
             sources: Default::default(),
+            transitions: vec![TransitionRow {
+                at: 1_793_500_000,
+                eip: "203.0.113.1".into(),
+                from: Some("active".into()),
+                to: Some("expired".into()),
+            }],
         }
     }
 
@@ -462,6 +494,10 @@ mod tests {
         let t = r.to_table();
         assert!(t.contains("EIP 203.0.113.1 (source: api)"), "{t}");
         assert!(t.contains("EIP 203.0.113.2 (source: removed)"), "{t}");
+        assert!(
+            t.contains("lifecycle: EIP 203.0.113.1 active -> expired at 2026-11-01T"),
+            "{t}"
+        );
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["eips"][0]["source"], "api");
     }

@@ -8,7 +8,7 @@
 //! one bad item refuses the batch (nothing is applied).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
     ops::Bound,
 };
@@ -17,6 +17,7 @@ use super::plan::Planner;
 use crate::{
     config::{EipConfig, EipState, GroupConfig},
     edit::{EipChanges, GroupChanges},
+    rating::lifecycle::{self, LifecycleRules, Transition},
 };
 
 /// Who owns a subject.
@@ -45,11 +46,12 @@ impl Source {
     }
 }
 
-/// A subject and its owner.
+/// A subject, its owner, and since when (UNIX seconds, effective) it is in its current state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held<T> {
     pub spec: T,
     pub source: Source,
+    pub since: i64,
 }
 
 /// One change to make, as a client asked for it.
@@ -59,7 +61,8 @@ pub enum Op {
     PutEip(EipConfig),
     /// Change some fields of an existing EIP.
     PatchEip(IpAddr, EipChanges),
-    RemoveEip(IpAddr),
+    /// Remove; `true`: even a monthly package before its expiry (an operator's override).
+    RemoveEip(IpAddr, bool),
     /// Create the group, or replace its bandwidths.
     PutGroup(GroupConfig),
     /// Change some bandwidths of an existing group.
@@ -72,7 +75,7 @@ impl Op {
     pub fn subject(&self) -> String {
         match self {
             Op::PutEip(e) => e.address.to_string(),
-            Op::PatchEip(a, _) | Op::RemoveEip(a) => a.to_string(),
+            Op::PatchEip(a, _) | Op::RemoveEip(a, _) => a.to_string(),
             Op::PutGroup(g) => g.name.clone(),
             Op::PatchGroup(n, _) | Op::RemoveGroup(n) => n.clone(),
         }
@@ -146,11 +149,13 @@ impl Summary {
     }
 }
 
-/// Room in the kernel maps.
+/// What a batch is checked against: room in the kernel maps, and the lifecycle (when a
+/// package expires, for removals before it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub eips: u32,
     pub groups: u32,
+    pub lifecycle: LifecycleRules,
 }
 
 /// Every EIP and group with its owner.
@@ -160,6 +165,10 @@ pub struct Inventory {
     pub(super) groups: BTreeMap<String, Held<GroupConfig>>,
     /// Members of each group.
     members: HashMap<String, usize>,
+    /// The next lifecycle transition of every EIP that has one, by due time.
+    due: BTreeSet<(i64, IpAddr)>,
+    due_of: HashMap<IpAddr, (i64, Transition)>,
+    rules: Option<LifecycleRules>,
 }
 
 impl Inventory {
@@ -176,6 +185,72 @@ impl Inventory {
             inv.eips.insert(e.spec.address, e);
         }
         inv
+    }
+
+    /// Follows every EIP's lifecycle under `rules` from now on (see [`Inventory::due`]).
+    pub fn with_lifecycle(mut self, rules: LifecycleRules) -> Self {
+        self.set_lifecycle(rules);
+        self
+    }
+
+    /// New lifecycle periods (a reload): every EIP's next transition again.
+    pub fn set_lifecycle(&mut self, rules: LifecycleRules) {
+        self.rules = Some(rules);
+        self.due.clear();
+        self.due_of.clear();
+        let all: Vec<IpAddr> = self.eips.keys().copied().collect();
+        for a in all {
+            self.schedule(a);
+        }
+    }
+
+    fn schedule(&mut self, address: IpAddr) {
+        if let Some((at, _)) = self.due_of.remove(&address) {
+            self.due.remove(&(at, address));
+        }
+        let (Some(rules), Some(held)) = (&self.rules, self.eips.get(&address)) else {
+            return;
+        };
+        if let Some((at, t)) = lifecycle::next(&held.spec, held.since, rules) {
+            self.due.insert((at, address));
+            self.due_of.insert(address, (at, t));
+        }
+    }
+
+    /// When the next lifecycle transition is due, if any.
+    pub fn next_due(&self) -> Option<i64> {
+        self.due.first().map(|&(at, _)| at)
+    }
+
+    /// The transitions due at or before `now`, each as its delta (effective when it was due),
+    /// oldest first, at most `limit`. Not applied: commit them.
+    pub fn due(&self, now: i64, limit: usize) -> Vec<(Transition, Delta)> {
+        self.due
+            .iter()
+            .take_while(|&&(at, _)| at <= now)
+            .take(limit)
+            .filter_map(|&(at, address)| {
+                let (_, t) = self.due_of.get(&address)?;
+                let before = self.eips.get(&address)?.clone();
+                let after = t.state().map(|state| Held {
+                    spec: EipConfig {
+                        state,
+                        ..before.spec.clone()
+                    },
+                    source: before.source,
+                    since: at,
+                });
+                Some((
+                    *t,
+                    Delta::Eip {
+                        address,
+                        before: Some(before),
+                        after,
+                        effective_at: at,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub fn eip(&self, address: &IpAddr) -> Option<&Held<EipConfig>> {
@@ -284,7 +359,7 @@ impl Inventory {
         }
         for held in self.eips.values() {
             if held.source == source && !listed_eips.contains(&held.spec.address) {
-                planner.op(0, &Op::RemoveEip(held.spec.address), at);
+                planner.op(0, &Op::RemoveEip(held.spec.address, false), at);
             }
         }
         for held in self.groups.values() {
@@ -321,6 +396,7 @@ impl Inventory {
                             self.eips.remove(address);
                         }
                     }
+                    self.schedule(*address);
                 }
                 Delta::Group { name, after, .. } => match after {
                     Some(a) => {

@@ -6,8 +6,10 @@ use std::{collections::HashMap, net::IpAddr};
 
 use super::model::{Delta, Held, Inventory, ItemError, Limits, Op, Source};
 use crate::{
-    config::{EipConfig, GroupConfig},
+    billing::plans::{Plan, valid_package_months},
+    config::{EipConfig, EipState, GroupConfig},
     edit::{Change, EipChanges},
+    rating::LifecycleRules,
 };
 
 /// An item's index and subject.
@@ -128,12 +130,27 @@ impl<'a> Planner<'a> {
             }
             Op::PatchEip(address, changes) => {
                 if let Some(before) = self.existing_eip(index, address) {
-                    let spec = patched(&before.spec, changes);
-                    self.put_eip(index, Some(before), spec, at);
+                    match patched(&before.spec, changes, at, &self.limits.lifecycle) {
+                        Ok(spec) => self.put_eip(index, Some(before), spec, at),
+                        Err((code, message)) => self.refuse(index, &subject, code, message),
+                    }
                 }
             }
-            Op::RemoveEip(address) => {
+            Op::RemoveEip(address, force) => {
                 if let Some(before) = self.existing_eip(index, address) {
+                    if let (false, Source::Api, Some(Plan::Monthly { start, months })) =
+                        (*force, self.source, before.spec.plan)
+                        && let Some(expiry) = self.limits.lifecycle.expiry(start, months)
+                        && expiry > at
+                    {
+                        self.refuse(
+                            index,
+                            &subject,
+                            "package_not_expired",
+                            format!("a monthly package cannot be removed before it expires at {expiry} (UNIX seconds); an operator may force it (`force`, logged)"),
+                        );
+                        return;
+                    }
                     self.eips.insert(*address, None);
                     self.deltas.push(Delta::Eip {
                         address: *address,
@@ -194,9 +211,39 @@ impl<'a> Planner<'a> {
             );
             return;
         }
+        if self.source == Source::Api
+            && let Some(Plan::Monthly { .. }) = before.as_ref().and_then(|b| b.spec.plan)
+            && !matches!(spec.plan, Some(Plan::Monthly { .. }))
+        {
+            self.refuse(
+                index,
+                &subject,
+                "plan_conversion",
+                "a monthly package never converts back to another plan".to_owned(),
+            );
+            return;
+        }
+        // A package past its expiry is expired, whatever a change says (renew it to reactivate):
+        // a reload of the file or a sync never undoes an expiry.
+        let mut spec = spec;
+        let mut since_expiry = None;
+        if let Some(Plan::Monthly { start, months }) = spec.plan
+            && spec.state == EipState::Active
+            && let Some(expiry) = self.limits.lifecycle.expiry(start, months)
+            && expiry <= at
+        {
+            spec.state = EipState::Expired;
+            since_expiry = Some(expiry);
+        }
+        // The state's start moves only when the state changes.
+        let since = match &before {
+            Some(b) if b.spec.state == spec.state => b.since,
+            _ => since_expiry.unwrap_or(at),
+        };
         let after = Held {
             spec,
             source: self.source,
+            since,
         };
         if before.as_ref() == Some(&after) {
             return;
@@ -227,6 +274,7 @@ impl<'a> Planner<'a> {
         let after = Held {
             spec,
             source: self.source,
+            since: before.as_ref().map_or(at, |b| b.since),
         };
         if before.as_ref() == Some(&after) {
             return;
@@ -341,8 +389,59 @@ fn apply_change<T: Clone>(field: &mut Option<T>, change: &Change<T>) {
 
 /// `spec` with `changes` applied; joining a group drops the EIP's own bandwidths (the group's
 /// cap applies), as `eip-meter eip set --group` does in the file.
-pub(super) fn patched(spec: &EipConfig, changes: &EipChanges) -> EipConfig {
+/// `spec` with `changes` applied at `at`. A renewal adds months to a monthly package (an
+/// expired one renewed past `at` is active again at once) or converts an hourly or traffic
+/// plan (or none) to a monthly package from `at`.
+pub(super) fn patched(
+    spec: &EipConfig,
+    changes: &EipChanges,
+    at: i64,
+    rules: &LifecycleRules,
+) -> Result<EipConfig, (&'static str, String)> {
     let mut e = spec.clone();
+    if let Some(p) = changes.plan {
+        e.plan = Some(p);
+    }
+    if let Some(n) = changes.renew_months {
+        e.plan = Some(match e.plan {
+            Some(Plan::Monthly { start, months }) if months + n <= 120 => Plan::Monthly {
+                start,
+                months: months + n,
+            },
+            Some(Plan::Monthly { .. }) => {
+                return Err((
+                    "invalid_plan",
+                    "a package runs at most 120 months".to_owned(),
+                ));
+            }
+            None | Some(Plan::Hourly | Plan::Traffic) if valid_package_months(n) => Plan::Monthly {
+                start: at,
+                months: n,
+            },
+            None | Some(Plan::Hourly | Plan::Traffic) => {
+                return Err((
+                    "invalid_plan",
+                    format!("{n} months is not a package on sale (1-9, 12, 24, 36)"),
+                ));
+            }
+            Some(other) => {
+                return Err((
+                    "plan_conversion",
+                    format!(
+                        "a {} plan is not renewed into a monthly package",
+                        other.name()
+                    ),
+                ));
+            }
+        });
+        if let Some(Plan::Monthly { start, months }) = e.plan
+            && e.state == EipState::Expired
+            && rules.expiry(start, months).is_some_and(|x| x > at)
+            && changes.state.is_none()
+        {
+            e.state = EipState::Active;
+        }
+    }
     apply_change(&mut e.bandwidth_mbps, &changes.bandwidth_mbps);
     apply_change(&mut e.inbound_mbps, &changes.inbound_mbps);
     apply_change(&mut e.outbound_mbps, &changes.outbound_mbps);
@@ -355,7 +454,7 @@ pub(super) fn patched(spec: &EipConfig, changes: &EipChanges) -> EipConfig {
     if let Some(s) = changes.state {
         e.state = s;
     }
-    e
+    Ok(e)
 }
 
 /// What the config file's validation also asks of an EIP.

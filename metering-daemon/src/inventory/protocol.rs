@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::model::{Held, ItemError, Op, Source};
 use crate::{
+    billing::plans::{Plan, valid_package_months},
     config::{EipConfig, EipState, GroupConfig},
     edit::{Change, EipChanges, GroupChanges},
 };
@@ -31,6 +32,10 @@ pub struct EipView {
     pub state: EipState,
     /// `file` or `api`.
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// Since when (UNIX seconds) it is in its state.
+    pub state_since: i64,
 }
 
 impl EipView {
@@ -44,6 +49,8 @@ impl EipView {
             group: s.group.clone(),
             state: s.state,
             source: e.source.as_str().to_owned(),
+            plan: s.plan,
+            state_since: e.since,
         }
     }
 }
@@ -119,6 +126,17 @@ pub struct Item {
     pub group: Change<String>,
     pub state: Option<String>,
     pub effective_at: Option<Timestamp>,
+    /// `monthly`, `hourly`, `traffic`, `enhanced95` or `p95`.
+    pub plan: Option<String>,
+    /// A monthly package's purchase time.
+    pub plan_start: Option<Timestamp>,
+    /// A monthly package's length: 1-9, 12, 24, 36.
+    pub plan_months: Option<u32>,
+    /// `patch_eip`: renew the package by this many months (or convert an hourly or traffic
+    /// plan into a package of this length, from the effective time).
+    pub renew_months: Option<u32>,
+    /// `remove_eip`: remove a monthly package before its expiry (an operator's override).
+    pub force: Option<bool>,
 }
 
 /// A batch: `POST /v1/changes`.
@@ -175,9 +193,70 @@ fn parse_state(item: &Item) -> Result<Option<EipState>, Refusal> {
         .transpose()
 }
 
+/// The plan an item names, if any.
+fn parse_plan(item: &Item) -> Result<Option<Plan>, Refusal> {
+    let Some(name) = item.plan.as_deref() else {
+        if item.plan_start.is_some() || item.plan_months.is_some() {
+            return Err((
+                "invalid_plan",
+                "plan_start and plan_months go with plan = \"monthly\"".to_owned(),
+            ));
+        }
+        return Ok(None);
+    };
+    let plan = match name {
+        "monthly" => {
+            let start = item
+                .plan_start
+                .as_ref()
+                .ok_or_else(|| {
+                    (
+                        "invalid_plan",
+                        "a monthly package needs plan_start".to_owned(),
+                    )
+                })?
+                .seconds()
+                .map_err(|m| ("invalid_plan", m))?;
+            let months = item
+                .plan_months
+                .filter(|m| valid_package_months(*m))
+                .ok_or_else(|| {
+                    (
+                        "invalid_plan",
+                        "a monthly package needs plan_months: 1-9, or 12, 24, 36".to_owned(),
+                    )
+                })?;
+            return Ok(Some(Plan::Monthly { start, months }));
+        }
+        "hourly" => Plan::Hourly,
+        "traffic" => Plan::Traffic,
+        "enhanced95" => Plan::Enhanced95,
+        "p95" => Plan::P95,
+        other => {
+            return Err((
+                "invalid_plan",
+                format!("plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"),
+            ));
+        }
+    };
+    if item.plan_start.is_some() || item.plan_months.is_some() {
+        return Err((
+            "invalid_plan",
+            "plan_start and plan_months go with plan = \"monthly\"".to_owned(),
+        ));
+    }
+    Ok(Some(plan))
+}
+
 /// The EIP an item describes in full (absent and `null` fields: none).
 fn full_eip(item: &Item) -> Result<EipConfig, Refusal> {
+    if item.renew_months.is_some() || item.force.is_some() {
+        return Err(malformed(
+            "renew_months goes with patch_eip, force with remove_eip",
+        ));
+    }
     Ok(EipConfig {
+        plan: parse_plan(item)?,
         address: parse_address(item)?,
         bandwidth_mbps: set(&item.bandwidth_mbps),
         inbound_mbps: set(&item.inbound_mbps),
@@ -210,9 +289,11 @@ pub fn op_of(item: &Item, now: i64) -> Result<(Op, Option<i64>), Refusal> {
                 outbound_mbps: item.outbound_mbps.clone(),
                 group: item.group.clone(),
                 state: parse_state(item)?,
+                plan: parse_plan(item)?,
+                renew_months: item.renew_months,
             },
         ),
-        Some("remove_eip") => Op::RemoveEip(parse_address(item)?),
+        Some("remove_eip") => Op::RemoveEip(parse_address(item)?, item.force.unwrap_or(false)),
         Some("put_group") => Op::PutGroup(full_group(item)?),
         Some("patch_group") => Op::PatchGroup(
             parse_name(item)?,

@@ -2,6 +2,7 @@
 //! (before and after as JSON) for every change.
 
 use crate::{
+    billing::plans::Plan,
     config::{EipConfig, EipState, GroupConfig},
     store::{AuditRow, InventoryRow},
 };
@@ -21,6 +22,7 @@ pub fn from_rows(rows: Vec<InventoryRow>) -> Result<Subjects, String> {
             .ok_or_else(|| format!("{} {}: unknown source `{}`", r.kind, r.subject, r.source))?;
         if r.kind == "group" {
             groups.push(Held {
+                since: r.state_since,
                 spec: GroupConfig {
                     name: r.subject,
                     bandwidth_mbps: r.bandwidth_mbps.unwrap_or(1),
@@ -38,8 +40,23 @@ pub fn from_rows(rows: Vec<InventoryRow>) -> Result<Subjects, String> {
                 .into_iter()
                 .find(|s| s.as_str() == r.state)
                 .ok_or_else(|| format!("eip {}: unknown state `{}`", r.subject, r.state))?;
+            let plan = match (r.plan.as_deref(), r.plan_start, r.plan_months) {
+                (None, ..) => None,
+                (Some("monthly"), Some(start), Some(months)) => {
+                    Some(Plan::Monthly { start, months })
+                }
+                (Some("hourly"), ..) => Some(Plan::Hourly),
+                (Some("traffic"), ..) => Some(Plan::Traffic),
+                (Some("enhanced95"), ..) => Some(Plan::Enhanced95),
+                (Some("p95"), ..) => Some(Plan::P95),
+                (Some(other), ..) => {
+                    return Err(format!("eip {}: unreadable plan `{other}`", r.subject));
+                }
+            };
             eips.push(Held {
+                since: r.state_since,
                 spec: EipConfig {
+                    plan,
                     address,
                     bandwidth_mbps: r.bandwidth_mbps,
                     inbound_mbps: r.inbound_mbps,
@@ -65,6 +82,16 @@ fn eip_row(e: &Held<EipConfig>, at: i64) -> InventoryRow {
         group: e.spec.group.clone(),
         state: e.spec.state.as_str().to_owned(),
         effective_from: at,
+        state_since: e.since,
+        plan: e.spec.plan.map(|p| p.name().to_owned()),
+        plan_start: match e.spec.plan {
+            Some(Plan::Monthly { start, .. }) => Some(start),
+            _ => None,
+        },
+        plan_months: match e.spec.plan {
+            Some(Plan::Monthly { months, .. }) => Some(months),
+            _ => None,
+        },
     }
 }
 
@@ -79,6 +106,10 @@ fn group_row(g: &Held<GroupConfig>, at: i64) -> InventoryRow {
         group: None,
         state: "active".to_owned(),
         effective_from: at,
+        state_since: g.since,
+        plan: None,
+        plan_start: None,
+        plan_months: None,
     }
 }
 
@@ -90,6 +121,7 @@ fn eip_json(e: &Held<EipConfig>) -> String {
         "group": e.spec.group,
         "state": e.spec.state.as_str(),
         "source": e.source.as_str(),
+        "plan": e.spec.plan,
     })
     .to_string()
 }

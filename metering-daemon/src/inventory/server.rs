@@ -562,6 +562,7 @@ async fn route(
         ) => {
             let eip = *kind == "eips";
             let effective_q = query(&req, "effective_at");
+            let force = query(&req, "force").is_some_and(|f| f == "true");
             let mut item: Item = if method == Method::DELETE {
                 Item::default()
             } else {
@@ -588,6 +589,9 @@ async fn route(
                     Ok(s) => protocol::Timestamp::Seconds(s),
                     Err(_) => protocol::Timestamp::Text(t),
                 });
+            }
+            if force {
+                item.force = Some(true);
             }
             let verb = match method {
                 Method::PUT => "put",

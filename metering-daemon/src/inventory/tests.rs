@@ -2,6 +2,7 @@
 //! test of the incremental state against a recount.
 
 use super::model::*;
+use crate::rating::LifecycleRules;
 use crate::{
     config::{EipConfig, EipState, GroupConfig},
     edit::{Change, EipChanges},
@@ -28,17 +29,25 @@ fn group(name: &str, bw: u64) -> GroupConfig {
     }
 }
 
-const ROOM: Limits = Limits { eips: 4, groups: 2 };
+fn room() -> Limits {
+    Limits {
+        eips: 4,
+        groups: 2,
+        lifecycle: LifecycleRules::in_zone(chrono_tz::Asia::Shanghai),
+    }
+}
 
 fn file_inventory() -> Inventory {
     Inventory::new(
         vec![Held {
             spec: group("g1", 300),
             source: Source::File,
+            since: 0,
         }],
         vec![Held {
             spec: eip("192.0.2.1", Some(10)),
             source: Source::File,
+            since: 0,
         }],
     )
 }
@@ -66,7 +75,7 @@ fn a_batch_is_planned_in_order_and_committed() {
             None,
         ),
     ];
-    let deltas = inv.plan(&ops, Source::Api, 9, ROOM).unwrap();
+    let deltas = inv.plan(&ops, Source::Api, 9, room()).unwrap();
     assert_eq!(deltas.len(), 3);
     assert_eq!(deltas[1].effective_at(), 5);
     assert_eq!(Summary::of(&deltas, 0).added, 2);
@@ -82,7 +91,7 @@ fn one_bad_item_refuses_the_batch_and_names_every_problem() {
     let inv = file_inventory();
     let ops = vec![
         (Op::PutEip(eip("192.0.2.9", Some(5))), None),
-        (Op::RemoveEip(ip("198.51.100.1")), None),
+        (Op::RemoveEip(ip("198.51.100.1"), false), None),
         (
             Op::PutEip(EipConfig {
                 group: Some("nope".into()),
@@ -94,7 +103,7 @@ fn one_bad_item_refuses_the_batch_and_names_every_problem() {
         (Op::PutEip(eip("192.0.2.1", Some(20))), None),
         (Op::RemoveGroup("g1".into()), None),
     ];
-    let errors = inv.plan(&ops, Source::Api, 0, ROOM).unwrap_err();
+    let errors = inv.plan(&ops, Source::Api, 0, room()).unwrap_err();
     let codes: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.code)).collect();
     assert_eq!(
         codes,
@@ -114,12 +123,12 @@ fn capacity_and_groups_in_use_are_checked_on_the_whole_batch() {
     let adds: Vec<(Op, Option<i64>)> = (2..=5)
         .map(|i| (Op::PutEip(eip(&format!("192.0.2.{i}"), None)), None))
         .collect();
-    let e = inv.plan(&adds, Source::Api, 0, ROOM).unwrap_err();
+    let e = inv.plan(&adds, Source::Api, 0, room()).unwrap_err();
     assert_eq!((e[0].index, e[0].code), (0, "capacity"));
     // Room once the batch removes one first.
     let mut ops = vec![(Op::PutGroup(group("g2", 1)), None)];
     ops.extend(adds[..3].iter().cloned());
-    let d = inv.plan(&ops, Source::Api, 0, ROOM).unwrap();
+    let d = inv.plan(&ops, Source::Api, 0, room()).unwrap();
     inv.commit(&d);
     let ops = vec![
         (
@@ -134,13 +143,13 @@ fn capacity_and_groups_in_use_are_checked_on_the_whole_batch() {
         ),
         (Op::RemoveGroup("g2".into()), None),
     ];
-    let e = inv.plan(&ops, Source::Api, 0, ROOM).unwrap_err();
+    let e = inv.plan(&ops, Source::Api, 0, room()).unwrap_err();
     assert_eq!(e[0].code, "group_in_use");
     let ops = vec![
-        (Op::RemoveEip(ip("192.0.2.2")), None),
+        (Op::RemoveEip(ip("192.0.2.2"), false), None),
         (Op::RemoveGroup("g2".into()), None),
     ];
-    inv.plan(&ops, Source::Api, 0, ROOM).unwrap();
+    inv.plan(&ops, Source::Api, 0, room()).unwrap();
 }
 
 #[test]
@@ -150,14 +159,16 @@ fn a_sync_applies_only_the_difference_and_leaves_the_file_alone() {
         .map(|i| eip(&format!("192.0.2.{i}"), Some(i)))
         .collect();
     let (d, unchanged) = inv
-        .plan_sync(Source::Api, vec![], first.clone(), 0, ROOM)
+        .plan_sync(Source::Api, vec![], first.clone(), 0, room())
         .unwrap();
     assert_eq!((Summary::of(&d, unchanged).added, unchanged), (3, 0));
     inv.commit(&d);
     let mut second = first.clone();
     second[0].bandwidth_mbps = Some(50);
     second.pop();
-    let (d, unchanged) = inv.plan_sync(Source::Api, vec![], second, 0, ROOM).unwrap();
+    let (d, unchanged) = inv
+        .plan_sync(Source::Api, vec![], second, 0, room())
+        .unwrap();
     let s = Summary::of(&d, unchanged);
     assert_eq!((s.added, s.changed, s.removed, s.unchanged), (0, 1, 1, 1));
     inv.commit(&d);
@@ -170,7 +181,7 @@ fn a_sync_applies_only_the_difference_and_leaves_the_file_alone() {
             vec![],
             vec![eip("192.0.2.1", Some(10))],
             0,
-            ROOM,
+            room(),
         )
         .unwrap_err();
     assert_eq!(e[0].code, "owned_by_file");
@@ -184,7 +195,7 @@ fn the_file_takes_over_what_it_lists() {
             &[(Op::PutEip(eip("192.0.2.7", Some(1))), None)],
             Source::Api,
             0,
-            ROOM,
+            room(),
         )
         .unwrap();
     inv.commit(&d);
@@ -194,7 +205,7 @@ fn the_file_takes_over_what_it_lists() {
             vec![group("g1", 300)],
             vec![eip("192.0.2.1", Some(10)), eip("192.0.2.7", Some(1))],
             0,
-            ROOM,
+            room(),
         )
         .unwrap();
     assert_eq!(d.len(), 1, "only the owner changes");
@@ -213,7 +224,11 @@ proptest::proptest! {
         )
     ) {
         let mut inv = file_inventory();
-        let limits = Limits { eips: 6, groups: 3 };
+        let limits = Limits {
+            eips: 6,
+            groups: 3,
+            lifecycle: LifecycleRules::in_zone(chrono_tz::Asia::Shanghai),
+        };
         for batch in batches {
             let ops: Vec<(Op, Option<i64>)> = batch
                 .into_iter()
@@ -226,7 +241,7 @@ proptest::proptest! {
                             group: if bw == 0 { Change::Clear } else { Change::Set(group) },
                             ..EipChanges::default()
                         }),
-                        2 => Op::RemoveEip(address),
+                        2 => Op::RemoveEip(address, false),
                         3 => Op::PutGroup(self::group(&group, u64::from(bw) + 1)),
                         4 => Op::RemoveGroup(group),
                         _ => Op::PatchEip(address, EipChanges {
@@ -273,6 +288,7 @@ fn pages_walk_every_eip_once_in_address_order() {
         .map(|s| Held {
             spec: eip(s, None),
             source: Source::Api,
+            since: 0,
         })
         .collect();
     let inv = Inventory::new(vec![], eips);
@@ -290,4 +306,166 @@ fn pages_walk_every_eip_once_in_address_order() {
         seen,
         ["192.0.2.1", "192.0.2.3", "198.51.100.1", "2001:db8::1"]
     );
+}
+
+fn package(start: i64, months: u32) -> EipConfig {
+    EipConfig {
+        plan: Some(crate::billing::plans::Plan::Monthly { start, months }),
+        ..eip("192.0.2.5", None)
+    }
+}
+
+#[test]
+fn a_package_expires_renews_and_is_released_at_its_seconds() {
+    let rules = room().lifecycle;
+    let start = 1_790_000_000; // 2026-09-21T22:13:20+08:00
+    let expiry = rules.expiry(start, 1).unwrap();
+    let mut inv = Inventory::new(vec![], vec![]).with_lifecycle(rules);
+    let d = inv
+        .plan(
+            &[(Op::PutEip(package(start, 1)), None)],
+            Source::Api,
+            start,
+            room(),
+        )
+        .unwrap();
+    inv.commit(&d);
+    assert_eq!(inv.next_due(), Some(expiry));
+    assert!(inv.due(expiry - 1, 10).is_empty());
+    // Removing it before expiry is refused, unless forced.
+    let e = inv
+        .plan(
+            &[(Op::RemoveEip(ip("192.0.2.5"), false), None)],
+            Source::Api,
+            expiry - 5,
+            room(),
+        )
+        .unwrap_err();
+    assert_eq!(e[0].code, "package_not_expired");
+    inv.plan(
+        &[(Op::RemoveEip(ip("192.0.2.5"), true), None)],
+        Source::Api,
+        expiry - 5,
+        room(),
+    )
+    .unwrap();
+    // At its second: expired, effective then; released after the retention.
+    let due = inv.due(expiry + 3, 10);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].0, crate::rating::Transition::Expire);
+    assert_eq!(due[0].1.effective_at(), expiry);
+    inv.commit(&[due[0].1.clone()]);
+    assert_eq!(
+        inv.eip(&ip("192.0.2.5")).unwrap().spec.state,
+        EipState::Expired
+    );
+    assert_eq!(inv.next_due(), Some(expiry + rules.retention_seconds));
+    // Renewed by a month before release: active at once, due again a month on.
+    let renew = EipChanges {
+        renew_months: Some(1),
+        ..EipChanges::default()
+    };
+    let d = inv
+        .plan(
+            &[(Op::PatchEip(ip("192.0.2.5"), renew), None)],
+            Source::Api,
+            expiry + 60,
+            room(),
+        )
+        .unwrap();
+    inv.commit(&d);
+    let held = inv.eip(&ip("192.0.2.5")).unwrap();
+    assert_eq!(
+        (held.spec.state, held.since),
+        (EipState::Active, expiry + 60)
+    );
+    assert_eq!(inv.next_due(), rules.expiry(start, 2));
+    // A package never converts back.
+    let back = EipChanges {
+        plan: Some(crate::billing::plans::Plan::Hourly),
+        ..EipChanges::default()
+    };
+    let e = inv
+        .plan(
+            &[(Op::PatchEip(ip("192.0.2.5"), back), None)],
+            Source::Api,
+            expiry + 90,
+            room(),
+        )
+        .unwrap_err();
+    assert_eq!(e[0].code, "plan_conversion");
+}
+
+#[test]
+fn arrears_release_after_retention_and_hourly_converts_by_renewal() {
+    let rules = room().lifecycle;
+    let mut inv = Inventory::new(vec![], vec![]).with_lifecycle(rules);
+    let hourly = EipConfig {
+        plan: Some(crate::billing::plans::Plan::Hourly),
+        ..eip("192.0.2.6", Some(5))
+    };
+    let d = inv
+        .plan(&[(Op::PutEip(hourly), None)], Source::Api, 100, room())
+        .unwrap();
+    inv.commit(&d);
+    assert_eq!(inv.next_due(), None);
+    let arrears = EipChanges {
+        state: Some(EipState::Arrears),
+        ..EipChanges::default()
+    };
+    let d = inv
+        .plan(
+            &[(Op::PatchEip(ip("192.0.2.6"), arrears), Some(500))],
+            Source::Api,
+            600,
+            room(),
+        )
+        .unwrap();
+    inv.commit(&d);
+    assert_eq!(inv.next_due(), Some(500 + rules.retention_seconds));
+    let due = inv.due(i64::MAX, 10);
+    assert_eq!(due[0].0, crate::rating::Transition::Release);
+    // Paid and converted to a 3-month package from now.
+    let renew = EipChanges {
+        state: Some(EipState::Active),
+        renew_months: Some(3),
+        ..EipChanges::default()
+    };
+    let d = inv
+        .plan(
+            &[(Op::PatchEip(ip("192.0.2.6"), renew), None)],
+            Source::Api,
+            700,
+            room(),
+        )
+        .unwrap();
+    inv.commit(&d);
+    assert_eq!(
+        inv.eip(&ip("192.0.2.6")).unwrap().spec.plan,
+        Some(crate::billing::plans::Plan::Monthly {
+            start: 700,
+            months: 3
+        })
+    );
+    assert_eq!(inv.next_due(), rules.expiry(700, 3));
+}
+
+#[test]
+fn a_package_past_its_expiry_stays_expired_whatever_a_change_says() {
+    let rules = room().lifecycle;
+    let start = 1_790_000_000;
+    let expiry = rules.expiry(start, 1).unwrap();
+    let inv = Inventory::new(vec![], vec![]).with_lifecycle(rules);
+    let d = inv
+        .plan(
+            &[(Op::PutEip(package(start, 1)), None)],
+            Source::File,
+            expiry + 100,
+            room(),
+        )
+        .unwrap();
+    let Delta::Eip { after: Some(a), .. } = &d[0] else {
+        panic!("{d:?}")
+    };
+    assert_eq!((a.spec.state, a.since), (EipState::Expired, expiry));
 }

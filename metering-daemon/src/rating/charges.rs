@@ -13,12 +13,12 @@ use serde_json::json;
 
 use super::{
     money::settle,
-    plans::{package_expiry, valid_package_months},
     prices::{Tariff, TrafficPrices},
 };
 use crate::billing::{
     GbUnit,
     calendar::{Calendar, Month},
+    plans::{package_expiry, valid_package_months},
     series::{DayFigures, MonthFigures},
 };
 

@@ -5,7 +5,7 @@
 //! |--------------|--------------------------------------------------------------------------|
 //! | `money.rs`   | decimal money and the rounding rule                                      |
 //! | `prices.rs`  | the price file (TOML), validated with line and column                    |
-//! | `plans.rs`   | billing plans, and a monthly package's expiry second                     |
+//! | `lifecycle.rs` | each EIP's next transition (expiry, renewal, freeze, release) from its plan and state |
 //! | `charges.rs` | charge lines of each plan: package, hourly, daily traffic, enhanced 95th, classic 95th |
 //!
 //! The rounding rule: every amount is computed exactly (decimal, products before the one
@@ -14,13 +14,14 @@
 //! its days' and the hourly segments against the per-second integral of the price.
 
 pub mod charges;
+pub mod lifecycle;
 pub mod money;
-pub mod plans;
 pub mod prices;
 #[cfg(test)]
 mod tests;
 
+pub use crate::billing::plans::{Plan, package_expiry};
 pub use charges::{ChargeLine, Life, RateError, Window};
+pub use lifecycle::{LifecycleRules, Transition};
 pub use money::settle;
-pub use plans::{Plan, package_expiry};
 pub use prices::{Prices, Tariff};

@@ -10,12 +10,12 @@ use rust_decimal::Decimal;
 
 use super::{
     charges::{self, Life, Window},
-    plans::package_expiry,
     prices::{Tariff, TrafficPrices},
 };
 use crate::billing::{
     GbUnit,
     calendar::Calendar,
+    plans::package_expiry,
     series::{DayFigures, MonthFigures},
 };
 

@@ -46,6 +46,13 @@ pub struct InventoryRow {
     pub state: String,
     /// UNIX seconds of the change that made it so.
     pub effective_from: i64,
+    /// Since when it is in its state (UNIX seconds, effective).
+    pub state_since: i64,
+    /// `monthly`, `hourly`, `traffic`, `enhanced95`, `p95`.
+    pub plan: Option<String>,
+    /// A monthly package's start and length.
+    pub plan_start: Option<i64>,
+    pub plan_months: Option<u32>,
 }
 
 /// One change in the audit trail.
@@ -79,6 +86,14 @@ pub struct InventoryRecord<'a> {
     pub audit: &'a [AuditRow],
 }
 
+/// Columns the inventory table got after its first version (added to older stores at open).
+pub(super) const INVENTORY_COLUMNS: [(&str, &str); 4] = [
+    ("state_since", "INTEGER"),
+    ("plan", "TEXT"),
+    ("plan_start", "INTEGER"),
+    ("plan_months", "INTEGER"),
+];
+
 /// Creates the inventory table of a store written before it existed, from the latest history
 /// of each subject (all owned by the file then), so the first start records no change.
 pub(super) const SEED_INVENTORY: &str = "
@@ -95,7 +110,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT kind, subject, source, bandwidth_mbps, inbound_mbps, outbound_mbps, grp,
-                        state, effective_from
+                        state, effective_from, state_since, plan, plan_start, plan_months
                  FROM inventory ORDER BY kind DESC, subject",
             )
             .map_err(sql("read inventory"))?;
@@ -111,6 +126,10 @@ impl Store {
                     group: r.get(6)?,
                     state: r.get(7)?,
                     effective_from: r.get(8)?,
+                    state_since: r.get::<_, Option<i64>>(9)?.unwrap_or(r.get(8)?),
+                    plan: r.get(10)?,
+                    plan_start: r.get(11)?,
+                    plan_months: r.get(12)?,
                 })
             })
             .map_err(sql("read inventory"))?;
@@ -143,8 +162,8 @@ impl Store {
                 .prepare_cached(
                     "INSERT OR REPLACE INTO inventory
                      (kind, subject, source, bandwidth_mbps, inbound_mbps, outbound_mbps, grp,
-                      state, effective_from)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                      state, effective_from, state_since, plan, plan_start, plan_months)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .map_err(sql("record inventory"))?;
             let mut delete = tx
@@ -176,7 +195,11 @@ impl Store {
                         mb(r.outbound_mbps),
                         r.group,
                         r.state,
-                        r.effective_from
+                        r.effective_from,
+                        r.state_since,
+                        r.plan,
+                        r.plan_start,
+                        r.plan_months
                     ])
                     .map_err(sql("record inventory"))?;
                 history
@@ -286,6 +309,19 @@ impl Store {
         };
         rows.reverse();
         Ok(rows)
+    }
+
+    /// The audit rows of one source (`lifecycle`, ...) effective in `[from, to)`, oldest first.
+    pub fn audit_by_source(
+        &self,
+        source: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.audit_query(
+            "WHERE source = ?1 AND effective_from >= ?2 AND effective_from < ?3 ORDER BY id",
+            params![source, from, to],
+        )
     }
 
     fn audit_query(

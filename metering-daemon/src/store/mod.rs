@@ -223,6 +223,17 @@ impl Store {
             )
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let inventory_columns = pair_rows::<i64, String>(
+            &conn,
+            "SELECT cid, name FROM pragma_table_info('inventory')",
+            "read inventory columns",
+        )?;
+        for (name, kind) in inventory::INVENTORY_COLUMNS {
+            if !inventory_columns.iter().any(|(_, c)| c == name) {
+                conn.execute_batch(&format!("ALTER TABLE inventory ADD COLUMN {name} {kind}"))
+                    .map_err(open_err)?;
+            }
+        }
         if fresh_inventory {
             conn.execute_batch(inventory::SEED_INVENTORY)
                 .map_err(open_err)?;

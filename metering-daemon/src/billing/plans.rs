@@ -1,4 +1,5 @@
-//! Billing plans, and when a monthly package expires.
+//! Billing plans, and when a monthly package expires. Below the config (an EIP's plan is part of
+//! the inventory) and rating (which charges by it).
 
 use chrono::{Datelike, Months, NaiveTime, TimeZone};
 use chrono_tz::Tz;
@@ -37,15 +38,26 @@ pub fn valid_package_months(months: u32) -> bool {
     (1..=9).contains(&months) || [12, 24, 36].contains(&months)
 }
 
+/// The time of day a package expires, by the product documents.
+pub const PACKAGE_EXPIRY_TIME: NaiveTime = match NaiveTime::from_hms_opt(23, 59, 59) {
+    Some(t) => t,
+    None => panic!("a valid time"),
+};
+
 /// When a monthly package bought at `start` for `months` expires: 23:59:59 (in `tz`) on the same
 /// day of the month `months` natural months later; a day the target month lacks (the 31st, or
 /// February 29th a year on) becomes that month's last day. `None` if the time does not exist.
 pub fn package_expiry(start: i64, months: u32, tz: Tz) -> Option<i64> {
+    package_expiry_at(start, months, tz, PACKAGE_EXPIRY_TIME)
+}
+
+/// [`package_expiry`] at another time of day (`[lifecycle] package_expiry_time`).
+pub fn package_expiry_at(start: i64, months: u32, tz: Tz, time: NaiveTime) -> Option<i64> {
     let local = tz.timestamp_opt(start, 0).single()?;
     // chrono clamps to the month's last day: Jan 31 + 1 month = Feb 28 (29), Feb 29 + 12 = Feb 28.
     let day = local.date_naive().checked_add_months(Months::new(months))?;
     debug_assert!(day.day() <= local.day());
-    let end = day.and_time(NaiveTime::from_hms_opt(23, 59, 59)?);
+    let end = day.and_time(time);
     // A DST jump over 23:59:59 is not a thing in any zone; take the later if it is ambiguous.
     tz.from_local_datetime(&end).latest().map(|t| t.timestamp())
 }
