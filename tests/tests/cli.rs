@@ -153,9 +153,11 @@ fn rate_turns_computed_figures_into_the_seeds_charges() {
             expect("203.0.113.2", "2017-08-02T12:15:00+08:00", "0.02"),
             // 1 GB outbound on the 2nd: 0.48 + 0.8 x 1.
             expect("203.0.113.1", "2017-08-03T00:00:00+08:00", "1.28"),
+            // The 3rd, up to the end of the figures' last day: the retention fee (5 bytes out).
+            expect("203.0.113.1", "2017-08-04T00:00:00+08:00", "0.48"),
         ]
     );
-    assert_eq!(v["total"], "24.39");
+    assert_eq!(v["total"], "24.87");
     assert_eq!(v["lines"][4]["figures"]["outbound_bytes"], 1_000_000_000);
 
     let bad = write(

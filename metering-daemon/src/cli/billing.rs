@@ -78,6 +78,11 @@ pub(super) struct BillArgs {
     /// EIPs computed per slice: memory grows with this, not with the fleet.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     slice: u32,
+    /// A price file (README, "Rating"): then every subject with a plan is also rated, and its
+    /// charge lines settled in the period are written to the `charges` table (the same lines
+    /// `eip-meter rate` gives offline).
+    #[arg(long)]
+    prices: Option<PathBuf>,
 }
 
 /// Exactly one of a day or a month.
@@ -205,6 +210,23 @@ pub(super) fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
         let calendar = Calendar::new(&timezone, interval as u32)?;
         let now = chrono::Utc::now().timestamp();
         let period = args.period.resolve(&calendar, now);
+        // A bad price file is found before anything is written.
+        let prices = match &args.prices {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                match crate::rating::Prices::parse(&text) {
+                    Ok(p) => Some(p),
+                    Err(problems) => {
+                        for p in problems {
+                            eprintln!("{}: {p}", path.display());
+                        }
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+            None => None,
+        };
         let report = postgres::bill::bill(
             &mut db,
             &BillOptions {
@@ -232,6 +254,10 @@ pub(super) fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
             report.unchanged,
             if report.closed { "closed" } else { "open (provisional)" },
         );
+        if let Some(prices) = prices {
+            let gb_unit = series_options(args.sample_rule, args.gb_unit).gb_unit;
+            return super::charges::rate_period(&mut db, period, &calendar, gb_unit, &prices).await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

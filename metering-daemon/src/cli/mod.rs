@@ -13,6 +13,7 @@
 
 mod admin;
 mod billing;
+mod charges;
 mod compute;
 mod inventory;
 mod offline;
@@ -115,7 +116,7 @@ enum Command {
     /// file (each EIP's and shared bandwidth's plan, creation, deletion, bandwidth history)
     /// and a price file. Each line carries its interval, quantity, unit price, the exact amount
     /// and the amount settled (rounded once, half away from zero, to the cent). Lines are
-    /// chosen by their settlement time in [--from, --to).
+    /// chosen by their settlement time in (--from, --to].
     Rate(rate::RateArgs),
     /// Compute the fleet's figures for a day or a month in the shared PostgreSQL billing store,
     /// from every router's shipped samples (summed per interval across hosts before any

@@ -32,10 +32,10 @@ pub(super) struct RateArgs {
     /// The prices (TOML; README, "Rating").
     #[arg(long)]
     prices: PathBuf,
-    /// Rate the lines settled at or after this time (RFC 3339 with an offset; default: all).
+    /// Rate the lines settled after this time (RFC 3339 with an offset; default: all).
     #[arg(long)]
     from: Option<String>,
-    /// ... and before this time (default: the end of the figures' last day).
+    /// ... and up to this time, inclusive (default: the end of the figures' last day).
     #[arg(long)]
     to: Option<String>,
     /// One JSON document instead of a table.
@@ -251,7 +251,7 @@ fn rate_one(
                 calendar,
             )
             .map(|l| {
-                if window.from <= l.settled_at && l.settled_at < window.to {
+                if window.has(l.settled_at) {
                     vec![l]
                 } else {
                     vec![]

@@ -1,7 +1,8 @@
 //! Charge lines, one function per billing type. Each line says what it charges (`item`), the
 //! interval it came from (`from`, `to`), when it is settled, the quantity, unit price, the exact
 //! amount and the amount settled (rounded once, see [`super::settle`]), and the figures it was
-//! computed from. A window `[from, to)` selects lines by their settlement time, so rating a
+//! computed from. A window `(from, to]` selects lines by their settlement time (a day's traffic,
+//! settled at the next 00:00:00, belongs to that day; a month's 95th to that month), so rating a
 //! month in one run gives the same lines as rating its days one by one.
 
 use std::collections::BTreeMap;
@@ -51,7 +52,8 @@ pub struct Life {
     pub deleted: Option<i64>,
 }
 
-/// The settlement times rated: `[from, to)`.
+/// The settlement times rated: `(from, to]` (what is settled at the end of a period is that
+/// period's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub from: i64,
@@ -59,8 +61,8 @@ pub struct Window {
 }
 
 impl Window {
-    fn has(&self, t: i64) -> bool {
-        (self.from..self.to).contains(&t)
+    pub fn has(&self, t: i64) -> bool {
+        self.from < t && t <= self.to
     }
 }
 

@@ -149,7 +149,7 @@ fn seed_002_a_change_at_0930_splits_the_hour_into_two_records() {
     let history = [(created, 500), (cst(2026, 11, 2, 9, 30, 0), 1000)];
     let window = Window {
         from: created,
-        to: cst(2026, 11, 2, 10, 0, 1),
+        to: cst(2026, 11, 2, 10, 0, 0),
     };
     let lines = charges::hourly(
         "g1",
@@ -231,7 +231,7 @@ fn seed_001_003_traffic_settles_048_plus_08_per_gb_at_midnight() {
         &shanghai(),
         Window {
             from: created,
-            to: cst(2017, 8, 3, 0, 0, 1),
+            to: cst(2017, 8, 3, 0, 0, 0),
         },
     )
     .unwrap();

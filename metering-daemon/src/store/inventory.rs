@@ -19,6 +19,10 @@ pub struct InventoryEntry {
     pub group: Option<String>,
     /// `active`, `expired`, `arrears`, `frozen`, or `removed`.
     pub state: String,
+    /// Its billing plan (`monthly` with start and length, `hourly`, ...), if any.
+    pub plan: Option<String>,
+    pub plan_start: Option<i64>,
+    pub plan_months: Option<u32>,
 }
 
 /// One recorded change.
@@ -85,6 +89,13 @@ pub struct InventoryRecord<'a> {
     pub removals: &'a [(&'static str, String, i64)],
     pub audit: &'a [AuditRow],
 }
+
+/// Columns the history got after its first version (added to older stores at open).
+pub(super) const HISTORY_COLUMNS: [(&str, &str); 3] = [
+    ("plan", "TEXT"),
+    ("plan_start", "INTEGER"),
+    ("plan_months", "INTEGER"),
+];
 
 /// Columns the inventory table got after its first version (added to older stores at open).
 pub(super) const INVENTORY_COLUMNS: [(&str, &str); 4] = [
@@ -172,8 +183,9 @@ impl Store {
             let mut history = tx
                 .prepare_cached(
                     "INSERT INTO inventory_history
-                     (kind, subject, effective_from, bandwidth_mbps, grp, state, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     (kind, subject, effective_from, bandwidth_mbps, grp, state, seq, plan,
+                      plan_start, plan_months)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(sql("record inventory"))?;
             let mut audit = tx
@@ -210,7 +222,10 @@ impl Store {
                         mb(r.bandwidth_mbps),
                         r.group,
                         r.state,
-                        seq
+                        seq,
+                        r.plan,
+                        r.plan_start,
+                        r.plan_months
                     ])
                     .map_err(sql("record inventory"))?;
             }
@@ -226,7 +241,10 @@ impl Store {
                         None::<i64>,
                         None::<String>,
                         "removed",
-                        seq
+                        seq,
+                        None::<String>,
+                        None::<i64>,
+                        None::<u32>
                     ])
                     .map_err(sql("record inventory"))?;
             }
@@ -258,7 +276,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT kind, subject, effective_from, bandwidth_mbps, grp, state, seq
+                "SELECT kind, subject, effective_from, bandwidth_mbps, grp, state, seq, plan,
+                        plan_start, plan_months
                  FROM inventory_history WHERE seq > ?1 AND seq <= ?2 ORDER BY id",
             )
             .map_err(sql("read inventory"))?;
@@ -271,6 +290,9 @@ impl Store {
                         bandwidth_mbps: r.get::<_, Option<i64>>(3)?.map(|b| b as u64),
                         group: r.get(4)?,
                         state: r.get(5)?,
+                        plan: r.get(7)?,
+                        plan_start: r.get(8)?,
+                        plan_months: r.get(9)?,
                     },
                     effective_from: r.get(2)?,
                     seq: r.get(6)?,

@@ -234,6 +234,19 @@ impl Store {
                     .map_err(open_err)?;
             }
         }
+        let history_columns = pair_rows::<i64, String>(
+            &conn,
+            "SELECT cid, name FROM pragma_table_info('inventory_history')",
+            "read history columns",
+        )?;
+        for (name, kind) in inventory::HISTORY_COLUMNS {
+            if !history_columns.iter().any(|(_, c)| c == name) {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE inventory_history ADD COLUMN {name} {kind}"
+                ))
+                .map_err(open_err)?;
+            }
+        }
         if fresh_inventory {
             conn.execute_batch(inventory::SEED_INVENTORY)
                 .map_err(open_err)?;

@@ -223,3 +223,96 @@ fn bill_twice_changes_nothing_a_late_sample_adds_a_revision_and_roles_keep_to_th
     ).unwrap();
     assert!(!ok && err.contains("permission denied"), "{err}");
 }
+
+/// `bill --prices`: the subjects with a plan are rated for the day and their lines written to
+/// `charges` (the seeds' examples: 0.48 + 0.8 x 1 GB for traffic, 0.03 then 0.06 an hour from
+/// 10:30 for an hourly 1 Mbit/s EIP), once: billing again changes nothing.
+#[test]
+fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
+    require_root();
+    let pg = Postgres::start(binary()).unwrap();
+    pg.add_login_role("router_x", "secret-x", "eip_meter_daemon")
+        .unwrap();
+    pg.add_login_role("billing", "secret-billing", "eip_meter_billing")
+        .unwrap();
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Days::new(1);
+    let day_start = yesterday
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp();
+    let (by_traffic, by_hour) = ("203.0.113.38", "203.0.113.39");
+    // 2 GB in, so 1 GB out (the synthetic rows send half as much out).
+    synthetic_day(
+        &pg,
+        "router-x",
+        day_start,
+        by_traffic,
+        &[(100, 2_000_000_000)],
+    );
+    let created = day_start + 10 * 3600 + 1800;
+    pg.query(&format!(
+        "UPDATE inventory_history SET plan = 'traffic' WHERE subject = '{by_traffic}';
+         INSERT INTO presence VALUES ('{by_hour}', 'router-x', {created}, NULL);
+         INSERT INTO inventory_history (subject, kind, host, effective_from, bandwidth_mbps, state, plan)
+           VALUES ('{by_hour}', 'eip', 'router-x', {created}, 1, 'active', 'hourly');"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "currency = \"CNY\"\n[hourly]\nper_mbps = \"0.06\"\n[traffic]\nretention_per_day = \"0.48\"\nper_gb = \"0.8\"\n",
+    )
+    .unwrap();
+    let bill = || {
+        let out = Command::new(binary())
+            .args([
+                "bill",
+                "--store",
+                &pg.url("billing"),
+                "--day",
+                &yesterday.to_string(),
+            ])
+            .arg("--prices")
+            .arg(&prices)
+            .env("EIP_METER_STORE_PASSWORD", "secret-billing")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = bill();
+    assert!(
+        out.contains("charges: 15 line(s) for 2 subject(s) with a plan, 15 new or changed"),
+        "{out}"
+    );
+    let lines = pg
+        .query(&format!(
+            "SELECT subject, settled_at - {day_start}, amount FROM charges ORDER BY settled_at, subject"
+        ))
+        .unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines[0], format!("{by_hour}|{}|0.03", 11 * 3600));
+    assert_eq!(lines[1], format!("{by_hour}|{}|0.06", 12 * 3600));
+    assert_eq!(lines.len(), 15);
+    assert!(
+        lines.contains(&format!("{by_traffic}|86400|1.28").as_str()),
+        "{lines:?}"
+    );
+    let total: String = pg.query("SELECT sum(amount) FROM charges").unwrap();
+    assert_eq!(total.trim(), "2.09", "0.03 + 13 x 0.06 + 1.28");
+    let exact: String = pg
+        .query(&format!(
+            "SELECT exact FROM charges WHERE subject = '{by_traffic}'"
+        ))
+        .unwrap();
+    assert_eq!(exact.trim().parse::<f64>().unwrap(), 1.28);
+    // Again: the same lines, nothing written.
+    let out = bill();
+    assert!(out.contains("0 new or changed, 15 unchanged"), "{out}");
+}

@@ -10,10 +10,11 @@ use super::{PgError, pg};
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_inventory_audit.sql")),
+    (3, include_str!("migrations/0003_plans_and_charges.sql")),
 ];
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The version the store is at (0: empty).
 pub async fn version(client: &impl GenericClient) -> Result<i32, PgError> {

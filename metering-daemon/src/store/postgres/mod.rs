@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod bill;
+pub mod charges;
 pub mod migrate;
 pub mod ship;
 

@@ -233,13 +233,33 @@ pub async fn ship(db: &mut Db, me: &HostIdentity, batch: &Batch) -> Result<Shipp
         .collect();
     let groups: Vec<Option<&str>> = inv.iter().map(|c| c.entry.group.as_deref()).collect();
     let states: Vec<&str> = inv.iter().map(|c| c.entry.state.as_str()).collect();
+    let plans: Vec<Option<&str>> = inv.iter().map(|c| c.entry.plan.as_deref()).collect();
+    let plan_starts: Vec<Option<i64>> = inv.iter().map(|c| c.entry.plan_start).collect();
+    let plan_months: Vec<Option<i32>> = inv
+        .iter()
+        .map(|c| c.entry.plan_months.map(|m| m as i32))
+        .collect();
     tx.execute(
-        "INSERT INTO inventory_history (subject, kind, host, effective_from, bandwidth_mbps, grp, state)
-         SELECT s, k, $1, e, b, g, st
-         FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])
-              AS x(s, k, e, b, g, st)
+        "INSERT INTO inventory_history
+         (subject, kind, host, effective_from, bandwidth_mbps, grp, state, plan, plan_start,
+          plan_months)
+         SELECT s, k, $1, e, b, g, st, p, ps, pm
+         FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+                     $8::text[], $9::bigint[], $10::int[])
+              AS x(s, k, e, b, g, st, p, ps, pm)
          ON CONFLICT DO NOTHING",
-        &[&me.host, &subjects, &kinds, &effective, &bandwidth, &groups, &states],
+        &[
+            &me.host,
+            &subjects,
+            &kinds,
+            &effective,
+            &bandwidth,
+            &groups,
+            &states,
+            &plans,
+            &plan_starts,
+            &plan_months,
+        ],
     )
     .await
     .map_err(pg("insert inventory history"))?;
