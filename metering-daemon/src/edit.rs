@@ -56,6 +56,7 @@ pub struct GroupChanges {
     pub bandwidth_mbps: Option<u64>,
     pub inbound_mbps: Change<u64>,
     pub outbound_mbps: Change<u64>,
+    pub plan: Option<Plan>,
 }
 
 fn parse(text: &str) -> Result<DocumentMut, EditError> {
@@ -139,16 +140,7 @@ pub fn set_eip(text: &str, addr: IpAddr, changes: &EipChanges) -> Result<String,
         }
     }
     if let Some(plan) = changes.plan {
-        table["plan"] = value(plan.name());
-        table.remove("plan_start");
-        table.remove("plan_months");
-        if let Plan::Monthly { start, months } = plan {
-            let start = chrono::DateTime::from_timestamp(start, 0)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default();
-            table["plan_start"] = value(start);
-            table["plan_months"] = value(i64::from(months));
-        }
+        set_plan(table, plan);
     }
     if let Some(n) = changes.renew_months {
         let months = table
@@ -159,6 +151,20 @@ pub fn set_eip(text: &str, addr: IpAddr, changes: &EipChanges) -> Result<String,
         table["plan_months"] = value(months + i64::from(n));
     }
     Ok(doc.to_string())
+}
+
+/// Writes a plan into an `[[eip]]` or `[[group]]` table (replacing the one there).
+fn set_plan(table: &mut Table, plan: Plan) {
+    table["plan"] = value(plan.name());
+    table.remove("plan_start");
+    table.remove("plan_months");
+    if let Plan::Monthly { start, months } = plan {
+        let start = chrono::DateTime::from_timestamp(start, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        table["plan_start"] = value(start);
+        table["plan_months"] = value(i64::from(months));
+    }
 }
 
 pub fn remove_eip(text: &str, addr: IpAddr) -> Result<String, EditError> {
@@ -194,6 +200,9 @@ pub fn set_group(text: &str, name: &str, changes: &GroupChanges) -> Result<Strin
     }
     apply_u64(table, "inbound_mbps", &changes.inbound_mbps);
     apply_u64(table, "outbound_mbps", &changes.outbound_mbps);
+    if let Some(plan) = changes.plan {
+        set_plan(table, plan);
+    }
     Ok(doc.to_string())
 }
 

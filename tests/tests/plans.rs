@@ -182,12 +182,12 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
     );
 
     // Arrears: blocked, then released after the 3 s retention; its traffic is then nobody's.
-    ok(
-        &daemon,
-        "PUT",
-        &format!("/v1/eips/{owing}"),
-        Some(r#"{"plan": "hourly"}"#),
-    );
+    let out = daemon
+        .subcommand(&["eip", "set", &owing.to_string(), "--plan", "hourly"])
+        .unwrap();
+    assert!(out.contains("admin API"), "{out}");
+    let shown = ok(&daemon, "GET", &format!("/v1/eips/{owing}"), None);
+    assert_eq!(shown["plan"], "hourly", "{shown}");
     ok(
         &daemon,
         "PATCH",

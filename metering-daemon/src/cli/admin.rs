@@ -106,6 +106,17 @@ fn put_change<T: serde::Serialize>(body: &mut Value, key: &str, change: &Change<
     }
 }
 
+/// A plan as the API's fields.
+fn plan_fields(body: &mut Value, plan: Option<crate::billing::plans::Plan>) {
+    use crate::billing::plans::Plan;
+    let Some(plan) = plan else { return };
+    body["plan"] = json!(plan.name());
+    if let Plan::Monthly { start, months } = plan {
+        body["plan_start"] = json!(start);
+        body["plan_months"] = json!(months);
+    }
+}
+
 /// Prints what the daemon answered; the exit code says whether it applied.
 fn report(what: &str, answer: Answer, started: Instant) -> anyhow::Result<ExitCode> {
     match answer {
@@ -146,6 +157,10 @@ pub(super) fn set_eip(
     if let Some(s) = changes.state {
         body["state"] = json!(s.as_str());
     }
+    plan_fields(&mut body, changes.plan);
+    if let Some(n) = changes.renew_months {
+        body["renew_months"] = json!(n);
+    }
     let method = if api.exists {
         Method::PATCH
     } else {
@@ -163,6 +178,7 @@ pub(super) fn set_group(api: &Api, name: &str, changes: &GroupChanges) -> anyhow
     }
     put_change(&mut body, "inbound_mbps", &changes.inbound_mbps);
     put_change(&mut body, "outbound_mbps", &changes.outbound_mbps);
+    plan_fields(&mut body, changes.plan);
     let method = if api.exists {
         Method::PATCH
     } else {

@@ -84,11 +84,13 @@ pub(super) fn group(action: GroupAction) -> anyhow::Result<ExitCode> {
             bandwidth,
             inbound,
             outbound,
+            plan,
         } => {
             let changes = GroupChanges {
                 bandwidth_mbps: bandwidth,
                 inbound_mbps: inbound.unwrap_or_default(),
                 outbound_mbps: outbound.unwrap_or_default(),
+                plan: plan_of(plan.as_deref(), None, None)?,
             };
             if let Some(api) = super::admin::owner_api(&live, "groups", &name)? {
                 return super::admin::set_group(&api, &name, &changes);
@@ -290,6 +292,9 @@ pub(super) enum GroupAction {
         inbound: Option<Change<u64>>,
         #[arg(long, value_parser = mbps_change)]
         outbound: Option<Change<u64>>,
+        /// How it is charged: enhanced95 (300 Mbit/s and more), p95, hourly or traffic.
+        #[arg(long)]
+        plan: Option<String>,
     },
     /// Remove an empty group.
     Remove {

@@ -57,6 +57,10 @@ pub struct GroupSection {
     pub bandwidth_mbps: Spanned<u64>,
     pub inbound_mbps: Option<Spanned<u64>>,
     pub outbound_mbps: Option<Spanned<u64>>,
+    /// As an `[[eip]]`'s.
+    pub plan: Option<Spanned<String>>,
+    pub plan_start: Option<Spanned<String>>,
+    pub plan_months: Option<Spanned<u32>>,
 }
 
 /// `[dataplane]`.

@@ -152,6 +152,8 @@ pub struct GroupConfig {
     pub bandwidth_mbps: u64,
     pub inbound_mbps: Option<u64>,
     pub outbound_mbps: Option<u64>,
+    /// How it is charged (`enhanced95` needs at least 300 Mbit/s).
+    pub plan: Option<Plan>,
 }
 
 /// Default directory of the sample store.

@@ -203,3 +203,23 @@ fn plans_and_the_lifecycle_are_parsed_and_every_problem_located() {
         "{all}"
     );
 }
+
+#[test]
+fn a_shared_bandwidth_has_a_plan_and_the_enhanced_95th_needs_300_mbps() {
+    let c = Config::parse(
+        "[dataplane]\ninterfaces = [\"eth0\"]\n[[group]]\nname = \"g1\"\nbandwidth_mbps = 300\nplan = \"enhanced95\"\n",
+        &AnyInterface,
+    )
+    .unwrap();
+    assert_eq!(
+        c.groups[0].plan,
+        Some(crate::billing::plans::Plan::Enhanced95)
+    );
+    let p = problems(
+        "[dataplane]\ninterfaces = [\"eth0\"]\n[[group]]\nname = \"g1\"\nbandwidth_mbps = 200\nplan = \"enhanced95\"\n",
+    );
+    assert!(
+        p[0].contains("line 6, column 8: the enhanced 95th applies to shared bandwidths of 300 Mbit/s and more"),
+        "{p:?}"
+    );
+}

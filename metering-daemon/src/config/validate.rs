@@ -273,7 +273,25 @@ impl Config {
         let lifecycle = validate_lifecycle(file.lifecycle.as_ref(), &mut problem);
         let mut plans = Vec::with_capacity(file.eips.len());
         for eip in &file.eips {
-            plans.push(validate_plan(eip, &mut problem));
+            plans.push(validate_plan(
+                (&eip.plan, &eip.plan_start, &eip.plan_months),
+                &mut problem,
+            ));
+        }
+        let mut group_plans = Vec::with_capacity(file.groups.len());
+        for g in &file.groups {
+            let plan = validate_plan((&g.plan, &g.plan_start, &g.plan_months), &mut problem);
+            if plan == Some(super::Plan::Enhanced95)
+                && *g.bandwidth_mbps.get_ref() < 300
+                && let Some(p) = &g.plan
+            {
+                problem(
+                    p.span(),
+                    "the enhanced 95th applies to shared bandwidths of 300 Mbit/s and more"
+                        .to_owned(),
+                );
+            }
+            group_plans.push(plan);
         }
 
         let group_capacity = d
@@ -442,7 +460,9 @@ impl Config {
             groups: file
                 .groups
                 .into_iter()
-                .map(|g| GroupConfig {
+                .zip(group_plans)
+                .map(|(g, plan)| GroupConfig {
+                    plan,
                     name: g.name.into_inner(),
                     bandwidth_mbps: g.bandwidth_mbps.into_inner(),
                     inbound_mbps: g.inbound_mbps.map(Spanned::into_inner),
@@ -467,17 +487,24 @@ impl Config {
     }
 }
 
-/// An `[[eip]]`'s plan: `plan_start` and `plan_months` with a monthly package, and only then.
+/// An `[[eip]]`'s or `[[group]]`'s plan, `plan_start` and `plan_months`: the last two with a
+/// monthly package, and only then.
+type PlanFields<'a> = (
+    &'a Option<Spanned<String>>,
+    &'a Option<Spanned<String>>,
+    &'a Option<Spanned<u32>>,
+);
+
 fn validate_plan(
-    eip: &super::EipSection,
+    (plan, plan_start, plan_months): PlanFields<'_>,
     problem: &mut impl FnMut(Range<usize>, String),
 ) -> Option<super::Plan> {
     use super::Plan;
-    let plan = eip.plan.as_ref()?;
+    let plan = plan.as_ref()?;
     let span = plan.span();
     let parsed = match plan.get_ref().as_str() {
         "monthly" => {
-            let start = match &eip.plan_start {
+            let start = match plan_start {
                 Some(s) => match chrono::DateTime::parse_from_rfc3339(s.get_ref()) {
                     Ok(t) => Some(t.timestamp()),
                     Err(_) => {
@@ -499,7 +526,7 @@ fn validate_plan(
                     None
                 }
             };
-            let months = match &eip.plan_months {
+            let months = match plan_months {
                 Some(m) if crate::billing::plans::valid_package_months(*m.get_ref()) => {
                     Some(*m.get_ref())
                 }
@@ -536,8 +563,8 @@ fn validate_plan(
         }
     };
     for (key, given) in [
-        ("plan_start", eip.plan_start.as_ref().map(|s| s.span())),
-        ("plan_months", eip.plan_months.as_ref().map(|m| m.span())),
+        ("plan_start", plan_start.as_ref().map(|s| s.span())),
+        ("plan_months", plan_months.as_ref().map(|m| m.span())),
     ] {
         if let Some(at) = given {
             problem(at, format!("{key} only goes with plan = \"monthly\""));

@@ -265,6 +265,7 @@ impl Daemon {
                 single,
             } => {
                 let started = Instant::now();
+                self.warn_forced_removals(&ops, caller.uid);
                 let deltas = self
                     .inventory
                     .plan(&ops, Source::Api, now_seconds() as i64, self.limits)
@@ -291,6 +292,21 @@ impl Daemon {
                     self.apply_and_answer(&deltas, "sync", caller.uid, summary, started)?;
                 reply["received_ms"] = json!(received_ms);
                 Ok(reply)
+            }
+        }
+    }
+
+    /// An operator's override is loud: a monthly package removed before its expiry.
+    fn warn_forced_removals(&self, ops: &[(crate::inventory::Op, Option<i64>)], uid: Option<u32>) {
+        let now = now_seconds() as i64;
+        for (op, _) in ops {
+            if let crate::inventory::Op::RemoveEip(address, true) = op
+                && let Some(held) = self.inventory.eip(address)
+                && let Some(crate::billing::plans::Plan::Monthly { start, months }) = held.spec.plan
+                && let Some(expiry) = self.limits.lifecycle.expiry(start, months)
+                && expiry > now
+            {
+                warn!(eip = %address, expiry, uid, "operator override: a monthly package removed before its expiry");
             }
         }
     }

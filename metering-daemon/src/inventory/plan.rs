@@ -177,6 +177,9 @@ impl<'a> Planner<'a> {
                     }
                     apply_change(&mut spec.inbound_mbps, &changes.inbound_mbps);
                     apply_change(&mut spec.outbound_mbps, &changes.outbound_mbps);
+                    if let Some(p) = changes.plan {
+                        spec.plan = Some(p);
+                    }
                     self.put_group(index, Some(before), spec, at);
                 }
             }
@@ -501,6 +504,12 @@ fn check_eip(e: &EipConfig) -> Result<(), (&'static str, String)> {
 }
 
 fn check_group(g: &GroupConfig) -> Result<(), (&'static str, String)> {
+    if g.plan == Some(Plan::Enhanced95) && g.bandwidth_mbps < 300 {
+        return Err((
+            "invalid_plan",
+            "the enhanced 95th applies to shared bandwidths of 300 Mbit/s and more".to_owned(),
+        ));
+    }
     let n = &g.name;
     let valid_name = !n.is_empty()
         && n.len() <= 64

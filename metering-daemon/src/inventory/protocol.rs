@@ -64,6 +64,8 @@ pub struct GroupView {
     pub outbound_mbps: Option<u64>,
     pub members: usize,
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
 }
 
 impl GroupView {
@@ -75,6 +77,7 @@ impl GroupView {
             outbound_mbps: g.spec.outbound_mbps,
             members,
             source: g.source.as_str().to_owned(),
+            plan: g.spec.plan,
         }
     }
 }
@@ -268,6 +271,7 @@ fn full_eip(item: &Item) -> Result<EipConfig, Refusal> {
 
 fn full_group(item: &Item) -> Result<GroupConfig, Refusal> {
     Ok(GroupConfig {
+        plan: parse_plan(item)?,
         name: parse_name(item)?,
         bandwidth_mbps: set(&item.bandwidth_mbps)
             .ok_or_else(|| malformed("a group needs `bandwidth_mbps`"))?,
@@ -304,6 +308,7 @@ pub fn op_of(item: &Item, now: i64) -> Result<(Op, Option<i64>), Refusal> {
                 },
                 inbound_mbps: item.inbound_mbps.clone(),
                 outbound_mbps: item.outbound_mbps.clone(),
+                plan: parse_plan(item)?,
             },
         ),
         Some("remove_group") => Op::RemoveGroup(parse_name(item)?),
@@ -457,5 +462,29 @@ mod tests {
                 "invalid_time"
             ]
         );
+    }
+
+    #[test]
+    fn plans_are_checked_per_item() {
+        let items: Vec<Item> = serde_json::from_str(
+            r#"[{"op":"put_eip","address":"192.0.2.1","plan":"monthly","plan_months":1},
+                {"op":"put_eip","address":"192.0.2.2","plan":"hourly","plan_months":1},
+                {"op":"put_eip","address":"192.0.2.3","plan":"monthly","plan_start":1795000000,"plan_months":10},
+                {"op":"put_eip","address":"192.0.2.4","plan":"monthly","plan_start":"2026-11-27T10:00:00+08:00","plan_months":36},
+                {"op":"remove_eip","address":"192.0.2.4","force":true}]"#,
+        )
+        .unwrap();
+        let e = ops_of(&items, 1_795_000_000).unwrap_err();
+        let codes: Vec<(usize, &str)> = e.iter().map(|e| (e.index, e.code)).collect();
+        assert_eq!(
+            codes,
+            [
+                (0, "invalid_plan"),
+                (1, "invalid_plan"),
+                (2, "invalid_plan")
+            ]
+        );
+        let ok = ops_of(&items[3..], 1_795_000_000).unwrap();
+        assert!(matches!(ok[1].0, Op::RemoveEip(_, true)));
     }
 }

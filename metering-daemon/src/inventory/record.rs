@@ -21,9 +21,11 @@ pub fn from_rows(rows: Vec<InventoryRow>) -> Result<Subjects, String> {
         let source = Source::parse(&r.source)
             .ok_or_else(|| format!("{} {}: unknown source `{}`", r.kind, r.subject, r.source))?;
         if r.kind == "group" {
+            let plan = plan_of(&r)?;
             groups.push(Held {
                 since: r.state_since,
                 spec: GroupConfig {
+                    plan,
                     name: r.subject,
                     bandwidth_mbps: r.bandwidth_mbps.unwrap_or(1),
                     inbound_mbps: r.inbound_mbps,
@@ -71,7 +73,37 @@ pub fn from_rows(rows: Vec<InventoryRow>) -> Result<Subjects, String> {
     Ok((groups, eips))
 }
 
+/// A stored row's plan.
+fn plan_of(r: &InventoryRow) -> Result<Option<Plan>, String> {
+    Ok(match (r.plan.as_deref(), r.plan_start, r.plan_months) {
+        (None, ..) => None,
+        (Some("monthly"), Some(start), Some(months)) => Some(Plan::Monthly { start, months }),
+        (Some("hourly"), ..) => Some(Plan::Hourly),
+        (Some("traffic"), ..) => Some(Plan::Traffic),
+        (Some("enhanced95"), ..) => Some(Plan::Enhanced95),
+        (Some("p95"), ..) => Some(Plan::P95),
+        (Some(other), ..) => {
+            return Err(format!(
+                "{} {}: unreadable plan `{other}`",
+                r.kind, r.subject
+            ));
+        }
+    })
+}
+
+/// A plan as its three columns.
+fn plan_columns(plan: Option<Plan>) -> (Option<String>, Option<i64>, Option<u32>) {
+    match plan {
+        Some(Plan::Monthly { start, months }) => {
+            (Some("monthly".to_owned()), Some(start), Some(months))
+        }
+        Some(p) => (Some(p.name().to_owned()), None, None),
+        None => (None, None, None),
+    }
+}
+
 fn eip_row(e: &Held<EipConfig>, at: i64) -> InventoryRow {
+    let (plan, plan_start, plan_months) = plan_columns(e.spec.plan);
     InventoryRow {
         kind: "eip",
         subject: e.spec.address.to_string(),
@@ -83,19 +115,14 @@ fn eip_row(e: &Held<EipConfig>, at: i64) -> InventoryRow {
         state: e.spec.state.as_str().to_owned(),
         effective_from: at,
         state_since: e.since,
-        plan: e.spec.plan.map(|p| p.name().to_owned()),
-        plan_start: match e.spec.plan {
-            Some(Plan::Monthly { start, .. }) => Some(start),
-            _ => None,
-        },
-        plan_months: match e.spec.plan {
-            Some(Plan::Monthly { months, .. }) => Some(months),
-            _ => None,
-        },
+        plan,
+        plan_start,
+        plan_months,
     }
 }
 
 fn group_row(g: &Held<GroupConfig>, at: i64) -> InventoryRow {
+    let (plan, plan_start, plan_months) = plan_columns(g.spec.plan);
     InventoryRow {
         kind: "group",
         subject: g.spec.name.clone(),
@@ -107,9 +134,9 @@ fn group_row(g: &Held<GroupConfig>, at: i64) -> InventoryRow {
         state: "active".to_owned(),
         effective_from: at,
         state_since: g.since,
-        plan: None,
-        plan_start: None,
-        plan_months: None,
+        plan,
+        plan_start,
+        plan_months,
     }
 }
 
@@ -132,6 +159,7 @@ fn group_json(g: &Held<GroupConfig>) -> String {
         "inbound_mbps": g.spec.inbound_mbps,
         "outbound_mbps": g.spec.outbound_mbps,
         "source": g.source.as_str(),
+        "plan": g.spec.plan,
     })
     .to_string()
 }

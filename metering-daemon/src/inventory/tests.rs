@@ -22,6 +22,7 @@ fn eip(s: &str, bw: Option<u64>) -> EipConfig {
 
 fn group(name: &str, bw: u64) -> GroupConfig {
     GroupConfig {
+        plan: None,
         name: name.to_owned(),
         bandwidth_mbps: bw,
         inbound_mbps: None,
