@@ -10,7 +10,7 @@ use crate::{
         calendar::Calendar,
         series::{DayFigures, MonthFigures},
     },
-    rating::{ChargeLine, Life, Prices, Window, charges},
+    rating::{ChargeLine, Life, Plan, Prices, Window, charges},
     store::postgres::{
         Db,
         bill::BillPeriod,
@@ -89,76 +89,43 @@ fn rate_one(
     let parse = |what: &str, key: &str, v: &serde_json::Value| {
         format!("{subject}: the billing store's {what} figures of {key} are unreadable: {v}")
     };
-    let lines = match input.plan.as_str() {
-        "monthly" => {
-            let (Some(start), Some(months)) = (input.plan_start, input.plan_months) else {
-                return Err(format!("{subject}: a monthly plan without start or length"));
-            };
-            let mbps = input
-                .bandwidth
-                .iter()
-                .rev()
-                .find(|(t, _)| *t <= start)
-                .or(input.bandwidth.first())
-                .map(|(_, m)| *m)
-                .ok_or_else(|| format!("{subject}: a monthly package without a bandwidth"))?;
-            charges::package(
-                subject,
-                start,
-                months,
-                mbps,
-                prices.monthly.as_ref(),
-                calendar,
-            )
-            .map(|l| {
-                if window.has(l.settled_at) {
-                    vec![l]
-                } else {
-                    Vec::new()
-                }
-            })
+    let plan = match (input.plan.as_str(), input.plan_start, input.plan_months) {
+        ("monthly", Some(start), Some(months)) => Plan::Monthly { start, months },
+        ("monthly", ..) => {
+            return Err(format!("{subject}: a monthly plan without start or length"));
         }
-        "hourly" => charges::hourly(
-            subject,
-            life,
-            &input.bandwidth,
-            prices.hourly.as_ref(),
-            calendar,
-            window,
-        ),
-        "traffic" => {
-            let mut days = BTreeMap::new();
-            for (k, v) in &input.days {
-                let f: DayFigures =
-                    serde_json::from_value(v.clone()).map_err(|_| parse("day", k, v))?;
-                days.insert(k.clone(), f);
-            }
-            charges::traffic(
-                subject,
-                life,
-                &days,
-                prices.traffic.as_ref(),
-                gb_unit,
-                calendar,
-                window,
-            )
-        }
-        "enhanced95" | "p95" => {
-            let mut months = BTreeMap::new();
-            for (k, v) in &input.months {
-                let f: MonthFigures =
-                    serde_json::from_value(v.clone()).map_err(|_| parse("month", k, v))?;
-                months.insert(k.clone(), f);
-            }
-            if input.plan == "p95" {
-                charges::p95(subject, &months, prices.p95, calendar, window)
-            } else {
-                charges::enhanced95(subject, &months, prices.enhanced95, calendar, window)
-            }
-        }
-        other => return Err(format!("{subject}: unknown plan `{other}`")),
+        ("hourly", ..) => Plan::Hourly,
+        ("traffic", ..) => Plan::Traffic,
+        ("enhanced95", ..) => Plan::Enhanced95,
+        ("p95", ..) => Plan::P95,
+        (other, ..) => return Err(format!("{subject}: unknown plan `{other}`")),
     };
-    lines.map_err(|e| e.to_string())
+    let mut days = BTreeMap::new();
+    for (k, v) in &input.days {
+        let f: DayFigures = serde_json::from_value(v.clone()).map_err(|_| parse("day", k, v))?;
+        days.insert(k.clone(), f);
+    }
+    let mut months = BTreeMap::new();
+    for (k, v) in &input.months {
+        let f: MonthFigures =
+            serde_json::from_value(v.clone()).map_err(|_| parse("month", k, v))?;
+        months.insert(k.clone(), f);
+    }
+    charges::rate(
+        &charges::Subject {
+            name: subject,
+            plan,
+            life,
+            bandwidth: &input.bandwidth,
+            days: &days,
+            months: &months,
+        },
+        prices,
+        gb_unit,
+        calendar,
+        window,
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn row(input: &PlanInput, l: ChargeLine, currency: &str) -> ChargeRow {

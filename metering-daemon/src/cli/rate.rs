@@ -14,10 +14,7 @@ use crate::{
         calendar::Calendar,
         series::{DayFigures, MonthFigures},
     },
-    rating::{
-        ChargeLine, Life, Prices, Window,
-        charges::{self, RateError},
-    },
+    rating::{ChargeLine, Life, Plan, Prices, Window, charges},
 };
 
 #[derive(Debug, clap::Args)]
@@ -229,65 +226,36 @@ fn rate_one(
         .collect::<anyhow::Result<Vec<(i64, u64)>>>()
         .with_context(|| format!("{subject}: bandwidth"))?;
     history.sort_by_key(|&(t, _)| t);
-    let lines: Result<Vec<ChargeLine>, RateError> = match entry.plan.as_str() {
-        "monthly" => {
-            let months = entry
+    let plan = match entry.plan.as_str() {
+        "monthly" => Plan::Monthly {
+            start: life.created,
+            months: entry
                 .months
-                .with_context(|| format!("{subject}: a monthly package needs `months`"))?;
-            let mbps = history
-                .iter()
-                .rev()
-                .find(|(t, _)| *t <= life.created)
-                .map(|(_, m)| *m)
-                .with_context(|| {
-                    format!("{subject}: a monthly package needs its bandwidth at `created`")
-                })?;
-            charges::package(
-                subject,
-                life.created,
-                months,
-                mbps,
-                prices.monthly.as_ref(),
-                calendar,
-            )
-            .map(|l| {
-                if window.has(l.settled_at) {
-                    vec![l]
-                } else {
-                    vec![]
-                }
-            })
-        }
-        "hourly" => charges::hourly(
-            subject,
-            life,
-            &history,
-            prices.hourly.as_ref(),
-            calendar,
-            window,
-        ),
-        "traffic" => charges::traffic(
-            subject,
-            life,
-            &figures.days,
-            prices.traffic.as_ref(),
-            file.gb_unit,
-            calendar,
-            window,
-        ),
-        "enhanced95" => charges::enhanced95(
-            subject,
-            &figures.months,
-            prices.enhanced95,
-            calendar,
-            window,
-        ),
-        "p95" => charges::p95(subject, &figures.months, prices.p95, calendar, window),
+                .with_context(|| format!("{subject}: a monthly package needs `months`"))?,
+        },
+        "hourly" => Plan::Hourly,
+        "traffic" => Plan::Traffic,
+        "enhanced95" => Plan::Enhanced95,
+        "p95" => Plan::P95,
         other => anyhow::bail!(
             "{subject}: plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"
         ),
     };
-    Ok(lines?)
+    let rated = charges::rate(
+        &charges::Subject {
+            name: subject,
+            plan,
+            life,
+            bandwidth: &history,
+            days: &figures.days,
+            months: &figures.months,
+        },
+        prices,
+        file.gb_unit,
+        calendar,
+        window,
+    )?;
+    Ok(rated)
 }
 
 fn print_lines(lines: &[ChargeLine], currency: &str, calendar: &Calendar, json_out: bool) {

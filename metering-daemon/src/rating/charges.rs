@@ -14,12 +14,12 @@ use serde_json::json;
 
 use super::{
     money::settle,
-    prices::{Tariff, TrafficPrices},
+    prices::{Prices, Tariff, TrafficPrices},
 };
 use crate::billing::{
     GbUnit,
     calendar::{Calendar, Month},
-    plans::{package_expiry, valid_package_months},
+    plans::{Plan, package_expiry, valid_package_months},
     series::{DayFigures, MonthFigures},
 };
 
@@ -295,6 +295,26 @@ fn month_of(subject: &str, key: &str) -> Result<Month, RateError> {
         })
 }
 
+/// The months of `months` that end (are settled) in `window`, with their bounds.
+type SettledMonth<'a> = (&'a String, Month, (i64, i64), &'a MonthFigures);
+
+fn settled_months<'a>(
+    subject: &str,
+    months: &'a BTreeMap<String, MonthFigures>,
+    calendar: &Calendar,
+    window: Window,
+) -> Result<Vec<SettledMonth<'a>>, RateError> {
+    let mut out = Vec::new();
+    for (key, f) in months {
+        let month = month_of(subject, key)?;
+        let bounds = calendar.month_bounds(month);
+        if window.has(bounds.1) {
+            out.push((key, month, bounds, f));
+        }
+    }
+    Ok(out)
+}
+
 /// Enhanced 95th: the month's billed peak x the price x in-use days / calendar days of the
 /// month, settled when the month ends. Without a bandwidth history (no baseline) the billed
 /// peak is the average peak.
@@ -310,12 +330,7 @@ pub fn enhanced95(
         plan: "enhanced95",
     })?;
     let mut lines = Vec::new();
-    for (key, f) in months {
-        let month = month_of(subject, key)?;
-        let (start, end) = calendar.month_bounds(month);
-        if !window.has(end) {
-            continue;
-        }
+    for (key, month, (start, end), f) in settled_months(subject, months, calendar, window)? {
         let billed = f.billed_peak_mbps.unwrap_or(f.enhanced_avg_peak_mbps);
         let days = Decimal::from(month.days());
         // billed x price x (in-use seconds / 86400) / days, as one division.
@@ -360,12 +375,7 @@ pub fn p95(
         plan: "p95",
     })?;
     let mut lines = Vec::new();
-    for (key, f) in months {
-        let month = month_of(subject, key)?;
-        let (start, end) = calendar.month_bounds(month);
-        if !window.has(end) {
-            continue;
-        }
+    for (key, _, (start, end), f) in settled_months(subject, months, calendar, window)? {
         let mbps = Decimal::from(f.p95_bps) / Decimal::from(1_000_000u64);
         let exact = mbps * price;
         lines.push(ChargeLine {
@@ -384,4 +394,68 @@ pub fn p95(
         });
     }
     Ok(lines)
+}
+
+/// Everything one subject's plan is rated from.
+pub struct Subject<'a> {
+    pub name: &'a str,
+    pub plan: Plan,
+    pub life: Life,
+    /// `(from, Mbit/s)`, sorted.
+    pub bandwidth: &'a [(i64, u64)],
+    pub days: &'a BTreeMap<String, DayFigures>,
+    pub months: &'a BTreeMap<String, MonthFigures>,
+}
+
+/// The lines of one subject's plan settled in `window` (the one dispatch `rate` and `bill`
+/// share). A monthly package's bandwidth is the one set at its start.
+pub fn rate(
+    s: &Subject<'_>,
+    prices: &Prices,
+    gb_unit: GbUnit,
+    calendar: &Calendar,
+    window: Window,
+) -> Result<Vec<ChargeLine>, RateError> {
+    match s.plan {
+        Plan::Monthly { start, months } => {
+            let mbps = bandwidth_at(s.bandwidth, start)
+                .or(s.bandwidth.first().map(|&(_, m)| m))
+                .ok_or(RateError::NoBandwidth {
+                    subject: s.name.to_owned(),
+                    at: start,
+                })?;
+            let line = package(
+                s.name,
+                start,
+                months,
+                mbps,
+                prices.monthly.as_ref(),
+                calendar,
+            )?;
+            Ok(if window.has(line.settled_at) {
+                vec![line]
+            } else {
+                Vec::new()
+            })
+        }
+        Plan::Hourly => hourly(
+            s.name,
+            s.life,
+            s.bandwidth,
+            prices.hourly.as_ref(),
+            calendar,
+            window,
+        ),
+        Plan::Traffic => traffic(
+            s.name,
+            s.life,
+            s.days,
+            prices.traffic.as_ref(),
+            gb_unit,
+            calendar,
+            window,
+        ),
+        Plan::Enhanced95 => enhanced95(s.name, s.months, prices.enhanced95, calendar, window),
+        Plan::P95 => p95(s.name, s.months, prices.p95, calendar, window),
+    }
 }
