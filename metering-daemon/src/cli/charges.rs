@@ -85,6 +85,7 @@ fn rate_one(
     let life = Life {
         created: input.created,
         deleted: input.deleted,
+        stopped: &input.stopped,
     };
     let parse = |what: &str, key: &str, v: &serde_json::Value| {
         format!("{subject}: the billing store's {what} figures of {key} are unreadable: {v}")

@@ -83,6 +83,16 @@ struct PlanEntry {
     months: Option<u32>,
     #[serde(default)]
     bandwidth: Vec<BandwidthEntry>,
+    /// When its service was stopped (arrears, expired, frozen): not billed.
+    #[serde(default)]
+    stopped: Vec<StoppedEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoppedEntry {
+    from: String,
+    to: String,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +220,13 @@ fn rate_one(
     calendar: &Calendar,
     window: Window,
 ) -> anyhow::Result<Vec<ChargeLine>> {
+    let mut stopped = entry
+        .stopped
+        .iter()
+        .map(|s| Ok((time(&s.from)?, time(&s.to)?)))
+        .collect::<anyhow::Result<Vec<(i64, i64)>>>()
+        .with_context(|| format!("{subject}: stopped"))?;
+    stopped.sort_unstable();
     let life = Life {
         created: time(&entry.created).with_context(|| format!("{subject}: created"))?,
         deleted: entry
@@ -218,6 +235,7 @@ fn rate_one(
             .map(time)
             .transpose()
             .with_context(|| format!("{subject}: deleted"))?,
+        stopped: &stopped,
     };
     let mut history = entry
         .bandwidth

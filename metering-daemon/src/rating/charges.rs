@@ -45,11 +45,30 @@ pub enum RateError {
     Expiry { subject: String },
 }
 
-/// When a subject existed (UNIX seconds): created, and deleted if it was.
+/// When a subject existed (UNIX seconds): created, deleted if it was, and when its service
+/// was stopped (`expired`, `arrears`, `frozen`: `[from, to)`, sorted), which is not billed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Life {
+pub struct Life<'a> {
     pub created: i64,
     pub deleted: Option<i64>,
+    pub stopped: &'a [(i64, i64)],
+}
+
+impl Life<'_> {
+    fn stopped_at(&self, t: i64) -> bool {
+        self.stopped.iter().any(|&(a, b)| a <= t && t < b)
+    }
+
+    /// Whether the service was stopped for all of `[from, to)`.
+    fn stopped_throughout(&self, from: i64, to: i64) -> bool {
+        let mut t = from;
+        for &(a, b) in self.stopped {
+            if a <= t && t < b {
+                t = b;
+            }
+        }
+        t >= to
+    }
 }
 
 /// The settlement times rated: `(from, to]` (what is settled at the end of a period is that
@@ -152,11 +171,11 @@ fn bandwidth_at(history: &[(i64, u64)], t: i64) -> Option<u64> {
 
 /// Pay by configuration: one-hour cycles of the zone's clock, settled at each full hour (the
 /// last at deletion), usage to the second; a bandwidth change inside an hour splits it into
-/// segments, each a line at its own price. Cycles settled inside `window` (and, for an EIP not
+/// segments, each a line at its own price; time the service was stopped is not billed. Cycles settled inside `window` (and, for an EIP not
 /// deleted, ended by `window.to`).
 pub fn hourly(
     subject: &str,
-    life: Life,
+    life: Life<'_>,
     history: &[(i64, u64)],
     tariff: Option<&Tariff>,
     calendar: &Calendar,
@@ -178,17 +197,21 @@ pub fn hourly(
         }
         if window.has(settled_at) {
             let from = life.created.max(cycle);
-            // Segment boundaries: the changes inside the cycle.
+            // Segment boundaries: the changes inside the cycle, and where service stopped or
+            // resumed (a stopped segment is not billed).
             let mut cuts: Vec<i64> = history
                 .iter()
                 .map(|&(at, _)| at)
+                .chain(life.stopped.iter().flat_map(|&(a, b)| [a, b]))
                 .filter(|&at| at > from && at < used_to)
                 .collect();
-            cuts.insert(0, from);
+            cuts.push(from);
             cuts.push(used_to);
+            cuts.sort_unstable();
+            cuts.dedup();
             for pair in cuts.windows(2) {
                 let (a, b) = (pair[0], pair[1]);
-                if b <= a {
+                if b <= a || life.stopped_at(a) {
                     continue;
                 }
                 let mbps = bandwidth_at(history, a).ok_or(RateError::NoBandwidth {
@@ -228,11 +251,12 @@ fn day_of(subject: &str, key: &str) -> Result<NaiveDate, RateError> {
 }
 
 /// Pay by traffic: each natural day a retention fee (in full, even for a partial first or last
-/// day) plus the day's outbound GB x the price per GB, settled at the next 00:00:00 (the last
-/// day at deletion). Days without figures carried no traffic.
+/// day; none for a day its service was stopped throughout) plus the day's outbound GB x the
+/// price per GB, settled at the next 00:00:00 (the last day at deletion). Days without figures
+/// carried no traffic.
 pub fn traffic(
     subject: &str,
-    life: Life,
+    life: Life<'_>,
     days: &BTreeMap<String, DayFigures>,
     prices: Option<&TrafficPrices>,
     gb_unit: GbUnit,
@@ -258,7 +282,13 @@ pub fn traffic(
         if window.has(settled_at) {
             let bytes = outbound.get(&day).copied().unwrap_or(0);
             let gb = Decimal::from(bytes) / Decimal::from(gb_unit.bytes());
-            let exact = prices.retention_per_day + gb * prices.per_gb;
+            // A day its service was stopped throughout keeps no retention fee.
+            let retention = if life.stopped_throughout(life.created.max(start), settled_at) {
+                Decimal::ZERO
+            } else {
+                prices.retention_per_day
+            };
+            let exact = retention + gb * prices.per_gb;
             lines.push(ChargeLine {
                 subject: subject.to_owned(),
                 plan: "traffic",
@@ -274,7 +304,7 @@ pub fn traffic(
                 figures: json!({
                     "day": day.to_string(),
                     "outbound_bytes": bytes,
-                    "retention_fee": prices.retention_per_day,
+                    "retention_fee": retention,
                 }),
             });
         }
@@ -400,7 +430,7 @@ pub fn p95(
 pub struct Subject<'a> {
     pub name: &'a str,
     pub plan: Plan,
-    pub life: Life,
+    pub life: Life<'a>,
     /// `(from, Mbit/s)`, sorted.
     pub bandwidth: &'a [(i64, u64)],
     pub days: &'a BTreeMap<String, DayFigures>,

@@ -120,6 +120,7 @@ fn seed_001_003_hourly_from_1030_settles_003_at_1100_then_006_an_hour() {
     let life = Life {
         created,
         deleted: Some(cst(2017, 8, 2, 12, 15, 0)),
+        stopped: &[],
     };
     let lines = charges::hourly(
         "eip",
@@ -156,6 +157,7 @@ fn seed_002_a_change_at_0930_splits_the_hour_into_two_records() {
         Life {
             created,
             deleted: None,
+            stopped: &[],
         },
         &history,
         Some(&Tariff::PerMbps(d("0.01"))),
@@ -224,6 +226,7 @@ fn seed_001_003_traffic_settles_048_plus_08_per_gb_at_midnight() {
         Life {
             created,
             deleted: None,
+            stopped: &[],
         },
         &days,
         Some(&TRAFFIC),
@@ -244,6 +247,7 @@ fn seed_001_003_traffic_settles_048_plus_08_per_gb_at_midnight() {
         Life {
             created,
             deleted: Some(cst(2017, 8, 3, 8, 0, 0)),
+            stopped: &[],
         },
         &days,
         Some(&TRAFFIC),
@@ -318,7 +322,7 @@ proptest! {
         let price = Tariff::PerMbps(d("0.0123"));
         let lines = charges::hourly(
             "eip",
-            Life { created, deleted: Some(deleted) },
+            Life { created, deleted: Some(deleted), stopped: &[] },
             &history,
             Some(&price),
             &shanghai(),
@@ -348,7 +352,7 @@ proptest! {
     ) {
         let cal = shanghai();
         let created = cst(2026, 11, 1, 0, 0, 0) + i64::from(created_day) * 86_400 + created_second;
-        let life = Life { created, deleted: deleted_after.map(|a| created + a) };
+        let life = Life { created, deleted: deleted_after.map(|a| created + a), stopped: &[(created + 7200, created + 90_000)] };
         let history = [(created, 3u64), (created + 5000, 7)];
         let days: BTreeMap<String, DayFigures> = traffic
             .iter()
@@ -373,4 +377,48 @@ proptest! {
         by_day.sort_by_key(key);
         prop_assert_eq!(whole, by_day);
     }
+}
+
+#[test]
+fn time_the_service_was_stopped_is_not_billed() {
+    let created = cst(2017, 8, 2, 10, 30, 0);
+    // Arrears from 11:15 to 13:45.
+    let stopped = [(cst(2017, 8, 2, 11, 15, 0), cst(2017, 8, 2, 13, 45, 0))];
+    let life = Life {
+        created,
+        deleted: Some(cst(2017, 8, 2, 15, 0, 0)),
+        stopped: &stopped,
+    };
+    let lines = charges::hourly(
+        "eip",
+        life,
+        &[(created, 1)],
+        Some(&Tariff::PerMbps(d("0.06"))),
+        &shanghai(),
+        ALL,
+    )
+    .unwrap();
+    let billed: i64 = lines.iter().map(|l| l.to - l.from).sum();
+    // 10:30-11:15 and 13:45-15:00: two hours of the four and a half.
+    assert_eq!(billed, 2 * 3600);
+    let sum: Decimal = lines.iter().map(|l| l.exact).sum();
+    assert_eq!(sum, d("0.12"));
+    // A day stopped throughout keeps no retention fee; its (blocked: none) traffic is nothing.
+    let whole_day = [(cst(2017, 8, 3, 0, 0, 0), cst(2017, 8, 5, 0, 0, 0))];
+    let lines = charges::traffic(
+        "eip",
+        Life {
+            created,
+            deleted: Some(cst(2017, 8, 5, 0, 0, 0)),
+            stopped: &whole_day,
+        },
+        &BTreeMap::new(),
+        Some(&TRAFFIC),
+        GbUnit::Decimal,
+        &shanghai(),
+        ALL,
+    )
+    .unwrap();
+    let amounts: Vec<Decimal> = lines.iter().map(|l| l.amount).collect();
+    assert_eq!(amounts, [d("0.48"), d("0"), d("0")]);
 }

@@ -226,7 +226,8 @@ fn bill_twice_changes_nothing_a_late_sample_adds_a_revision_and_roles_keep_to_th
 
 /// `bill --prices`: the subjects with a plan are rated for the day and their lines written to
 /// `charges` (the seeds' examples: 0.48 + 0.8 x 1 GB for traffic, 0.03 then 0.06 an hour from
-/// 10:30 for an hourly 1 Mbit/s EIP), once: billing again changes nothing.
+/// 10:30 for an hourly 1 Mbit/s EIP, not billed the two hours it was in arrears), once:
+/// billing again changes nothing.
 #[test]
 fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
     require_root();
@@ -255,7 +256,11 @@ fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
         "UPDATE inventory_history SET plan = 'traffic' WHERE subject = '{by_traffic}';
          INSERT INTO presence VALUES ('{by_hour}', 'router-x', {created}, NULL);
          INSERT INTO inventory_history (subject, kind, host, effective_from, bandwidth_mbps, state, plan)
-           VALUES ('{by_hour}', 'eip', 'router-x', {created}, 1, 'active', 'hourly');"
+           VALUES ('{by_hour}', 'eip', 'router-x', {created}, 1, 'active', 'hourly'),
+                  ('{by_hour}', 'eip', 'router-x', {arrears}, 1, 'arrears', 'hourly'),
+                  ('{by_hour}', 'eip', 'router-x', {paid}, 1, 'active', 'hourly');",
+        arrears = day_start + 20 * 3600,
+        paid = day_start + 22 * 3600,
     ))
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +293,7 @@ fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
     };
     let out = bill();
     assert!(
-        out.contains("charges: 15 line(s) for 2 subject(s) with a plan, 15 new or changed"),
+        out.contains("charges: 13 line(s) for 2 subject(s) with a plan, 13 new or changed"),
         "{out}"
     );
     let lines = pg
@@ -299,13 +304,13 @@ fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
     let lines: Vec<&str> = lines.lines().collect();
     assert_eq!(lines[0], format!("{by_hour}|{}|0.03", 11 * 3600));
     assert_eq!(lines[1], format!("{by_hour}|{}|0.06", 12 * 3600));
-    assert_eq!(lines.len(), 15);
+    assert_eq!(lines.len(), 13);
     assert!(
         lines.contains(&format!("{by_traffic}|86400|1.28").as_str()),
         "{lines:?}"
     );
     let total: String = pg.query("SELECT sum(amount) FROM charges").unwrap();
-    assert_eq!(total.trim(), "2.09", "0.03 + 13 x 0.06 + 1.28");
+    assert_eq!(total.trim(), "1.97", "0.03 + 11 x 0.06 + 1.28");
     let exact: String = pg
         .query(&format!(
             "SELECT exact FROM charges WHERE subject = '{by_traffic}'"
@@ -314,5 +319,5 @@ fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
     assert_eq!(exact.trim().parse::<f64>().unwrap(), 1.28);
     // Again: the same lines, nothing written.
     let out = bill();
-    assert!(out.contains("0 new or changed, 15 unchanged"), "{out}");
+    assert!(out.contains("0 new or changed, 13 unchanged"), "{out}");
 }

@@ -21,6 +21,8 @@ pub struct PlanInput {
     pub deleted: Option<i64>,
     /// `(effective_from, Mbit/s)`, sorted.
     pub bandwidth: Vec<(i64, u64)>,
+    /// When its service was stopped (`expired`, `arrears`, `frozen`): `[from, to)`, sorted.
+    pub stopped: Vec<(i64, i64)>,
     /// The latest revision of each day's and month's figures in the period.
     pub days: BTreeMap<String, serde_json::Value>,
     pub months: BTreeMap<String, serde_json::Value>,
@@ -93,6 +95,20 @@ pub async fn plan_inputs(
             .iter()
             .map(|b| (b.get::<_, i64>(0), b.get::<_, i64>(1) as u64))
             .collect();
+        let states: Vec<(i64, String)> = db
+            .client
+            .query(
+                "SELECT effective_from, state FROM inventory_history
+                 WHERE kind = $1 AND subject = $2 AND effective_from < $3
+                 ORDER BY effective_from",
+                &[&kind, &subject, &to],
+            )
+            .await
+            .map_err(pg("read state history"))?
+            .iter()
+            .map(|s| (s.get(0), s.get(1)))
+            .collect();
+        let stopped = stopped_intervals(&states, to);
         let mut days = BTreeMap::new();
         let mut months = BTreeMap::new();
         for f in db
@@ -124,11 +140,33 @@ pub async fn plan_inputs(
             created: r.get(5),
             deleted: r.get(6),
             bandwidth,
+            stopped,
             days,
             months,
         });
     }
     Ok(inputs)
+}
+
+/// The intervals a state history (sorted) spent stopped, up to `end`.
+fn stopped_intervals(states: &[(i64, String)], end: i64) -> Vec<(i64, i64)> {
+    let stops = |s: &str| matches!(s, "expired" | "arrears" | "frozen");
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    let mut since: Option<i64> = None;
+    for (at, state) in states {
+        match (since, stops(state)) {
+            (None, true) => since = Some(*at),
+            (Some(from), false) => {
+                out.push((from, *at));
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = since {
+        out.push((from, end));
+    }
+    out
 }
 
 /// Writes charge lines; returns how many were new or changed (the rest were already so).
