@@ -15,10 +15,11 @@ impl Daemon {
     /// Applies every transition due by now.
     pub(super) fn run_lifecycle(&mut self) {
         let now = now_seconds().floor() as i64;
+        let mut applied = false;
         loop {
             let due = self.inventory.due(now, BATCH);
             if due.is_empty() {
-                return;
+                break;
             }
             for (transition, delta) in &due {
                 if let Delta::Eip {
@@ -42,8 +43,13 @@ impl Daemon {
             let deltas: Vec<Delta> = due.into_iter().map(|(_, d)| d).collect();
             if let Err(e) = self.apply_deltas(&deltas, "lifecycle", None) {
                 error!(error = %e, transitions = deltas.len(), "lifecycle transitions not applied; retried in a second");
-                return;
+                self.lifecycle_retry_at = now_seconds() + 1.0;
+                break;
             }
+            applied = true;
+        }
+        if applied {
+            self.publish();
         }
     }
 }

@@ -134,6 +134,8 @@ struct Daemon {
     /// Every EIP and group, with its owner (the config's own lists are emptied at start).
     inventory: Inventory,
     limits: Limits,
+    /// After a lifecycle transition could not be applied: not before this (UNIX seconds).
+    lifecycle_retry_at: f64,
 }
 
 /// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
@@ -241,6 +243,7 @@ pub async fn run(
         config,
         inventory,
         limits,
+        lifecycle_retry_at: 0.0,
     };
     let mut shipper = None;
     if let Some(store) = daemon.config.billing_store.clone() {
@@ -326,7 +329,8 @@ pub async fn run(
         let lifecycle_wait = daemon
             .inventory
             .next_due()
-            .map(|at| Duration::from_secs_f64((at as f64 - now).max(0.0)));
+            .map(|at| (at as f64).max(daemon.lifecycle_retry_at))
+            .map(|at| Duration::from_secs_f64((at - now).max(0.0)));
         tokio::select! {
             () = sleep_for(lifecycle_wait) => daemon.run_lifecycle(),
             () = &mut shutdown => break,
