@@ -405,6 +405,9 @@ impl Dataplane {
             }
         }
 
+        // The name may have moved while the programs were looked up (a rename under way): what
+        // is lost, and why, is judged on the name as it is now.
+        let current = query::ifindex_of(&up.name);
         // Not metered on the interface that has the name now.
         if up.state == UplinkState::Attached {
             let old = up.attachment.as_ref().map(|a| a.ifindex);
