@@ -252,6 +252,13 @@ impl Daemon {
         Ok((status.parse()?, serde_json::from_str(json)?))
     }
 
+    /// [`Daemon::api`], which must answer 200; its JSON body.
+    pub fn api_ok(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+        let (status, v) = self.api(method, path, body).expect("the admin API answers");
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v
+    }
+
     /// Replaces the config file and sends SIGHUP.
     pub fn reload(&mut self, config: &str) -> Result<()> {
         std::fs::write(&self.config_path, config)?;

@@ -51,12 +51,6 @@ fn cli(daemon: &Daemon, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn ok(daemon: &Daemon, method: &str, path: &str, body: Option<&str>) -> Value {
-    let (status, v) = daemon.api(method, path, body).unwrap();
-    assert_eq!(status, 200, "{method} {path}: {v}");
-    v
-}
-
 #[test]
 fn changes_through_the_api_take_effect_under_traffic_and_counting_stays_exact() {
     let eip = eip_v4(30);
@@ -69,7 +63,7 @@ fn changes_through_the_api_take_effect_under_traffic_and_counting_stays_exact() 
         &["eip", "set", &eip.to_string(), "--bandwidth", "100"],
     );
     assert!(success && out.contains("admin API"), "{out}");
-    let shown = ok(&daemon, "GET", &format!("/v1/eips/{eip}"), None);
+    let shown = daemon.api_ok("GET", &format!("/v1/eips/{eip}"), None);
     assert_eq!(shown["source"], "api");
     assert_eq!(
         shown["kernel"]["caps"]["inbound_bps"], 75_000_000,
@@ -100,8 +94,7 @@ fn changes_through_the_api_take_effect_under_traffic_and_counting_stays_exact() 
 
     // A resize through the API: answered once the kernel holds it, the rate follows at once.
     let started = Instant::now();
-    let v = ok(
-        &daemon,
+    let v = daemon.api_ok(
         "PATCH",
         &format!("/v1/eips/{eip}"),
         Some(r#"{"bandwidth_mbps": 40}"#),
@@ -137,8 +130,7 @@ fn changes_through_the_api_take_effect_under_traffic_and_counting_stays_exact() 
     );
 
     // Blocked through the API: nothing passes, every byte is accounted as blocked.
-    ok(
-        &daemon,
+    daemon.api_ok(
         "PATCH",
         &format!("/v1/eips/{eip}"),
         Some(r#"{"state": "arrears"}"#),
@@ -227,7 +219,7 @@ fn a_restart_keeps_the_api_inventory_and_the_file_owns_what_it_lists() {
     assert_eq!(v["items"][0]["code"], "invalid_time");
     let at = chrono_like_now() - 3600;
     let batch = batch.replace("\"2026-01-01T00:00:00Z\"", &at.to_string());
-    let v = ok(&daemon, "POST", "/v1/changes", Some(&batch));
+    let v = daemon.api_ok("POST", "/v1/changes", Some(&batch));
     assert_eq!(v["added"], 3, "{v}");
     // The API may not change what the file owns.
     let (status, v) = daemon
@@ -247,7 +239,7 @@ fn a_restart_keeps_the_api_inventory_and_the_file_owns_what_it_lists() {
         .unwrap();
     let c = daemon.counters().unwrap();
     assert_eq!(c.enforcement(grouped).state, "frozen");
-    let shown = ok(&daemon, "GET", &format!("/v1/eips/{api_eip}"), None);
+    let shown = daemon.api_ok("GET", &format!("/v1/eips/{api_eip}"), None);
     assert_eq!(
         (
             shown["source"].as_str(),
@@ -255,7 +247,7 @@ fn a_restart_keeps_the_api_inventory_and_the_file_owns_what_it_lists() {
         ),
         (Some("api"), Some(7_500_000))
     );
-    let groups = ok(&daemon, "GET", "/v1/groups", None);
+    let groups = daemon.api_ok("GET", "/v1/groups", None);
     assert_eq!(groups["groups"][0]["members"], 1, "{groups}");
     // The store's history has the control plane's time, not the arrival time.
     let db = daemon.state_dir.join("samples.db");
@@ -282,7 +274,7 @@ fn a_restart_keeps_the_api_inventory_and_the_file_owns_what_it_lists() {
     let mut with_api_eip = topo.config(&[file_eip, api_eip], "");
     with_api_eip.push('\n');
     daemon.reload_applied(&with_api_eip).unwrap();
-    let shown = ok(&daemon, "GET", &format!("/v1/eips/{api_eip}"), None);
+    let shown = daemon.api_ok("GET", &format!("/v1/eips/{api_eip}"), None);
     assert_eq!(shown["source"], "file");
     assert_eq!(
         shown["kernel"]["caps"],
@@ -341,7 +333,7 @@ fn a_sync_converges_bad_input_changes_nothing_and_a_stuck_client_blocks_no_one()
         success && out.contains("added 5, changed 10, removed 5, unchanged 987"),
         "{out}"
     );
-    let shown = ok(&daemon, "GET", &format!("/v1/eips/{}", addr(10)), None);
+    let shown = daemon.api_ok("GET", &format!("/v1/eips/{}", addr(10)), None);
     assert_eq!(shown["kernel"]["caps"]["inbound_bps"], 150_000_000);
     let gone = daemon
         .api("GET", &format!("/v1/eips/{}", addr(3)), None)
@@ -425,7 +417,7 @@ fn a_sync_converges_bad_input_changes_nothing_and_a_stuck_client_blocks_no_one()
     let (success, out) = cli(&daemon, &["eip", "sync", "/dev/null"]);
     assert!(success && out.contains("removed 1002"), "{out}");
     assert_eq!(daemon.counters().unwrap().eips.len(), 0);
-    let status = ok(&daemon, "GET", "/v1/status", None);
+    let status = daemon.api_ok("GET", "/v1/status", None);
     assert_eq!(
         (status["eips"].as_u64(), status["groups"].as_u64()),
         (Some(0), Some(0))

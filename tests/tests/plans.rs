@@ -61,17 +61,9 @@ fn topo(addresses: &[IpAddr]) -> Topology {
     .expect("topology")
 }
 
-fn ok(daemon: &Daemon, method: &str, path: &str, body: Option<&str>) -> Value {
-    let (status, v) = daemon.api(method, path, body).unwrap();
-    assert_eq!(status, 200, "{method} {path}: {v}");
-    v
-}
-
 fn put_package(daemon: &Daemon, eip: IpAddr, expiry: i64) {
     let (start, months) = package_ending(expiry);
-    ok(
-        daemon,
-        "PUT",
+    daemon.api_ok("PUT",
         &format!("/v1/eips/{eip}"),
         Some(&format!(
             r#"{{"bandwidth_mbps": 100, "plan": "monthly", "plan_start": "{start}", "plan_months": {months}}}"#
@@ -86,7 +78,7 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
     let expiry = now().ceil() as i64 + 4;
     let daemon = Daemon::start(binary(), &topo.router, &config(&topo, expiry), &[]).unwrap();
     put_package(&daemon, pkg, expiry);
-    let shown = ok(&daemon, "GET", &format!("/v1/eips/{pkg}"), None);
+    let shown = daemon.api_ok("GET", &format!("/v1/eips/{pkg}"), None);
     assert_eq!(shown["kernel"]["state"], "active", "{shown}");
     // Removing it before it expires is refused.
     let (status, v) = daemon
@@ -158,8 +150,7 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
     );
 
     // Renewed before its release: active at once.
-    let v = ok(
-        &daemon,
+    let v = daemon.api_ok(
         "PATCH",
         &format!("/v1/eips/{pkg}"),
         Some(r#"{"renew_months": 1}"#),
@@ -186,10 +177,9 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
         .subcommand(&["eip", "set", &owing.to_string(), "--plan", "hourly"])
         .unwrap();
     assert!(out.contains("admin API"), "{out}");
-    let shown = ok(&daemon, "GET", &format!("/v1/eips/{owing}"), None);
+    let shown = daemon.api_ok("GET", &format!("/v1/eips/{owing}"), None);
     assert_eq!(shown["plan"], "hourly", "{shown}");
-    ok(
-        &daemon,
+    daemon.api_ok(
         "PATCH",
         &format!("/v1/eips/{owing}"),
         Some(r#"{"state": "arrears"}"#),

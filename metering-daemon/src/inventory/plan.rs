@@ -331,14 +331,7 @@ impl<'a> Planner<'a> {
                 format!("group `{name}` still has {left} EIP(s); move or remove them first"),
             );
         }
-        let eips_after = self.inventory.eips.len() as isize
-            + self
-                .eips
-                .iter()
-                .map(|(a, after)| {
-                    after.is_some() as isize - self.inventory.eips.contains_key(a) as isize
-                })
-                .sum::<isize>();
+        let eips_after = count_after(&self.inventory.eips, &self.eips);
         if eips_after > self.limits.eips as isize
             && let Some((index, subject)) = self.first_add.0.clone()
         {
@@ -352,14 +345,7 @@ impl<'a> Planner<'a> {
                 ),
             );
         }
-        let groups_after = self.inventory.groups.len() as isize
-            + self
-                .groups
-                .iter()
-                .map(|(n, after)| {
-                    after.is_some() as isize - self.inventory.groups.contains_key(n) as isize
-                })
-                .sum::<isize>();
+        let groups_after = count_after(&self.inventory.groups, &self.groups);
         if groups_after > self.limits.groups as isize
             && let Some((index, subject)) = self.first_add.1.clone()
         {
@@ -380,6 +366,18 @@ impl<'a> Planner<'a> {
             Err(self.errors)
         }
     }
+}
+
+/// How many subjects there are once a batch's `touched` ones (`None`: removed) are applied.
+fn count_after<K: Ord + std::hash::Hash + Eq, V, W>(
+    held: &std::collections::BTreeMap<K, V>,
+    touched: &HashMap<K, Option<W>>,
+) -> isize {
+    held.len() as isize
+        + touched
+            .iter()
+            .map(|(k, after)| after.is_some() as isize - held.contains_key(k) as isize)
+            .sum::<isize>()
 }
 
 fn apply_change<T: Clone>(field: &mut Option<T>, change: &Change<T>) {

@@ -30,6 +30,25 @@ fn synthetic_day(pg: &Postgres, host: &str, day_start: i64, eip: &str, traffic: 
     pg.query(&sql).unwrap();
 }
 
+/// `eip-meter bill --day DAY` as the billing role, which must succeed; its stdout and stderr.
+fn run_bill(pg: &Postgres, day: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new(binary())
+        .args(["bill", "--store", &pg.url("billing"), "--day", day])
+        .args(extra)
+        .env("EIP_METER_STORE_PASSWORD", "secret-billing")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bill_twice_changes_nothing_a_late_sample_adds_a_revision_and_roles_keep_to_their_rows() {
     require_root();
@@ -50,22 +69,7 @@ fn bill_twice_changes_nothing_a_late_sample_adds_a_revision_and_roles_keep_to_th
         .collect();
     synthetic_day(&pg, "router-x", day_start, eip, &traffic);
     let day = yesterday.to_string();
-    let bill = || {
-        let out = Command::new(binary())
-            .args(["bill", "--store", &pg.url("billing"), "--day", &day])
-            .env("EIP_METER_STORE_PASSWORD", "secret-billing")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let bill = || run_bill(&pg, &day, &[]);
     let figures = || -> Vec<(i32, bool, serde_json::Value)> {
         pg.query(&format!(
             "SELECT revision, closed, figures FROM figures WHERE subject = '{eip}' AND period = '{day}' ORDER BY revision"
@@ -270,27 +274,8 @@ fn bill_with_prices_writes_the_charge_lines_of_each_plan_once() {
         "currency = \"CNY\"\n[hourly]\nper_mbps = \"0.06\"\n[traffic]\nretention_per_day = \"0.48\"\nper_gb = \"0.8\"\n",
     )
     .unwrap();
-    let bill = || {
-        let out = Command::new(binary())
-            .args([
-                "bill",
-                "--store",
-                &pg.url("billing"),
-                "--day",
-                &yesterday.to_string(),
-            ])
-            .arg("--prices")
-            .arg(&prices)
-            .env("EIP_METER_STORE_PASSWORD", "secret-billing")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let prices = prices.to_str().unwrap().to_owned();
+    let bill = || run_bill(&pg, &yesterday.to_string(), &["--prices", &prices]).0;
     let out = bill();
     assert!(
         out.contains("charges: 13 line(s) for 2 subject(s) with a plan, 13 new or changed"),
