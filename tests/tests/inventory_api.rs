@@ -231,7 +231,10 @@ fn a_restart_keeps_the_api_inventory_and_the_file_owns_what_it_lists() {
         .unwrap();
     assert_eq!((status, v["error"].as_str()), (409, Some("owned_by_file")));
 
+    let socket = daemon.api_socket().unwrap();
+    assert!(socket.exists());
     assert!(daemon.stop().unwrap());
+    assert!(!socket.exists(), "a clean stop removes the API socket");
     daemon.spawn(&topo.router).unwrap();
     daemon.wait_ready(Duration::from_secs(30)).unwrap();
     daemon

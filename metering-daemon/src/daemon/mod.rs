@@ -356,6 +356,10 @@ pub async fn run(
     notify_systemd(sd_notify::NotifyState::Stopping);
     let _ = stop_server.send(());
     let _ = stop_api.send(());
+    if daemon.config.api.enabled {
+        // The serving task may not get to run again before the runtime stops.
+        let _ = std::fs::remove_file(&daemon.config.api.socket);
+    }
     if let Some(task) = shipper {
         // A batch under way is rolled back by the billing store; the next start ships it.
         task.abort();
