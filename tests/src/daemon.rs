@@ -325,6 +325,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.stop();
+        // A daemon killed with SIGKILL leaves its API socket behind.
+        if let Ok(socket) = self.api_socket() {
+            let _ = std::fs::remove_file(socket);
+        }
         // Removing a link's pin detaches it; removing a map's pin frees it.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.state_dir);
