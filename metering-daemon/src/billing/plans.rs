@@ -33,6 +33,79 @@ impl Plan {
     }
 }
 
+/// What is wrong with a plan as given.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("plan `{0}` is not one of monthly, hourly, traffic, enhanced95, p95")]
+    Unknown(String),
+    #[error("a monthly package needs plan_start")]
+    NoStart,
+    #[error("a monthly package needs plan_months")]
+    NoMonths,
+    #[error("plan_months must be 1-9, or 12, 24, 36 (1-3 years)")]
+    Months(u32),
+    #[error("{0} only goes with plan = \"monthly\"")]
+    NotMonthly(&'static str),
+}
+
+impl Plan {
+    /// A plan from its name and, for a monthly package, its start (UNIX seconds) and length:
+    /// the one reading of a plan the config, the API, the command line and the stores share.
+    /// Every problem found, not just the first.
+    pub fn from_parts(
+        name: &str,
+        start: Option<i64>,
+        months: Option<u32>,
+    ) -> Result<Plan, Vec<PlanError>> {
+        let plan = match name {
+            "monthly" => {
+                let mut problems = Vec::new();
+                if start.is_none() {
+                    problems.push(PlanError::NoStart);
+                }
+                match months {
+                    None => problems.push(PlanError::NoMonths),
+                    Some(m) if !valid_package_months(m) => problems.push(PlanError::Months(m)),
+                    Some(_) => {}
+                }
+                return match (start, months) {
+                    (Some(start), Some(months)) if problems.is_empty() => {
+                        Ok(Plan::Monthly { start, months })
+                    }
+                    _ => Err(problems),
+                };
+            }
+            "hourly" => Plan::Hourly,
+            "traffic" => Plan::Traffic,
+            "enhanced95" => Plan::Enhanced95,
+            "p95" => Plan::P95,
+            other => return Err(vec![PlanError::Unknown(other.to_owned())]),
+        };
+        let stray: Vec<PlanError> = [
+            ("plan_start", start.is_some()),
+            ("plan_months", months.is_some()),
+        ]
+        .into_iter()
+        .filter(|&(_, given)| given)
+        .map(|(key, _)| PlanError::NotMonthly(key))
+        .collect();
+        if stray.is_empty() {
+            Ok(plan)
+        } else {
+            Err(stray)
+        }
+    }
+}
+
+/// The problems of a plan as one message.
+pub fn describe(problems: &[PlanError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Whether `months` is a package length on sale: 1-9 months, or 1, 2 or 3 years.
 pub fn valid_package_months(months: u32) -> bool {
     (1..=9).contains(&months) || [12, 24, 36].contains(&months)
@@ -60,4 +133,36 @@ pub fn package_expiry_at(start: i64, months: u32, tz: Tz, time: NaiveTime) -> Op
     let end = day.and_time(time);
     // A DST jump over 23:59:59 is not a thing in any zone; take the later if it is ambiguous.
     tz.from_local_datetime(&end).latest().map(|t| t.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_is_read_one_way_and_every_problem_named() {
+        assert_eq!(
+            Plan::from_parts("monthly", Some(5), Some(12)),
+            Ok(Plan::Monthly {
+                start: 5,
+                months: 12
+            })
+        );
+        assert_eq!(Plan::from_parts("p95", None, None), Ok(Plan::P95));
+        assert_eq!(
+            Plan::from_parts("monthly", None, Some(10)),
+            Err(vec![PlanError::NoStart, PlanError::Months(10)])
+        );
+        assert_eq!(
+            Plan::from_parts("hourly", Some(1), Some(1)),
+            Err(vec![
+                PlanError::NotMonthly("plan_start"),
+                PlanError::NotMonthly("plan_months")
+            ])
+        );
+        assert_eq!(
+            Plan::from_parts("weekly", None, None),
+            Err(vec![PlanError::Unknown("weekly".into())])
+        );
+    }
 }

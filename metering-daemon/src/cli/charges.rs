@@ -90,17 +90,8 @@ fn rate_one(
     let parse = |what: &str, key: &str, v: &serde_json::Value| {
         format!("{subject}: the billing store's {what} figures of {key} are unreadable: {v}")
     };
-    let plan = match (input.plan.as_str(), input.plan_start, input.plan_months) {
-        ("monthly", Some(start), Some(months)) => Plan::Monthly { start, months },
-        ("monthly", ..) => {
-            return Err(format!("{subject}: a monthly plan without start or length"));
-        }
-        ("hourly", ..) => Plan::Hourly,
-        ("traffic", ..) => Plan::Traffic,
-        ("enhanced95", ..) => Plan::Enhanced95,
-        ("p95", ..) => Plan::P95,
-        (other, ..) => return Err(format!("{subject}: unknown plan `{other}`")),
-    };
+    let plan = Plan::from_parts(&input.plan, input.plan_start, input.plan_months)
+        .map_err(|e| format!("{subject}: {}", crate::billing::plans::describe(&e)))?;
     let mut days = BTreeMap::new();
     for (k, v) in &input.days {
         let f: DayFigures = serde_json::from_value(v.clone()).map_err(|_| parse("day", k, v))?;

@@ -138,7 +138,7 @@ fn plan_of(
     start: Option<&str>,
     months: Option<u32>,
 ) -> anyhow::Result<Option<crate::billing::plans::Plan>> {
-    use crate::billing::plans::{Plan, valid_package_months};
+    use crate::billing::plans::{Plan, describe};
     let Some(plan) = plan else {
         anyhow::ensure!(
             start.is_none() && months.is_none(),
@@ -146,27 +146,18 @@ fn plan_of(
         );
         return Ok(None);
     };
-    Ok(Some(match plan {
-        "monthly" => {
-            let start = match start {
-                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-                    .with_context(|| format!("--plan-start `{t}` is not RFC 3339 with an offset"))?
-                    .timestamp(),
-                None => chrono::Utc::now().timestamp(),
-            };
-            let months = months
-                .filter(|m| valid_package_months(*m))
-                .context("--plan monthly needs --plan-months: 1-9, or 12, 24, 36")?;
-            Plan::Monthly { start, months }
-        }
-        "hourly" => Plan::Hourly,
-        "traffic" => Plan::Traffic,
-        "enhanced95" => Plan::Enhanced95,
-        "p95" => Plan::P95,
-        other => anyhow::bail!(
-            "--plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"
+    let start = match (plan, start) {
+        (_, Some(t)) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .with_context(|| format!("--plan-start `{t}` is not RFC 3339 with an offset"))?
+                .timestamp(),
         ),
-    }))
+        ("monthly", None) => Some(chrono::Utc::now().timestamp()),
+        _ => None,
+    };
+    Plan::from_parts(plan, start, months)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--plan: {}", describe(&e)))
 }
 
 /// A bandwidth in Mbit/s, or `none` to delete it.

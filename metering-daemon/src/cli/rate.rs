@@ -244,21 +244,10 @@ fn rate_one(
         .collect::<anyhow::Result<Vec<(i64, u64)>>>()
         .with_context(|| format!("{subject}: bandwidth"))?;
     history.sort_by_key(|&(t, _)| t);
-    let plan = match entry.plan.as_str() {
-        "monthly" => Plan::Monthly {
-            start: life.created,
-            months: entry
-                .months
-                .with_context(|| format!("{subject}: a monthly package needs `months`"))?,
-        },
-        "hourly" => Plan::Hourly,
-        "traffic" => Plan::Traffic,
-        "enhanced95" => Plan::Enhanced95,
-        "p95" => Plan::P95,
-        other => anyhow::bail!(
-            "{subject}: plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"
-        ),
-    };
+    // A package starts when it is created.
+    let start = (entry.plan == "monthly").then_some(life.created);
+    let plan = Plan::from_parts(&entry.plan, start, entry.months)
+        .map_err(|e| anyhow::anyhow!("{subject}: {}", crate::billing::plans::describe(&e)))?;
     let rated = charges::rate(
         &charges::Subject {
             name: subject,

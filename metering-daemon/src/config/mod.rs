@@ -30,8 +30,8 @@ pub use file::{
     LifecycleSection, MetricsSection, PolicingSection, SamplerSection,
 };
 pub use host::{AnyInterface, CurrentNetns, HostCheck};
-pub(crate) use validate::line_col;
 pub use validate::{ConfigError, Problem};
+pub(crate) use validate::{is_assignable, line_col, valid_group_name};
 
 pub use crate::billing::plans::Plan;
 use crate::billing::{

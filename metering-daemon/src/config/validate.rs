@@ -499,78 +499,42 @@ fn validate_plan(
     (plan, plan_start, plan_months): PlanFields<'_>,
     problem: &mut impl FnMut(Range<usize>, String),
 ) -> Option<super::Plan> {
-    use super::Plan;
+    use crate::billing::plans::PlanError;
     let plan = plan.as_ref()?;
-    let span = plan.span();
-    let parsed = match plan.get_ref().as_str() {
-        "monthly" => {
-            let start = match plan_start {
-                Some(s) => match chrono::DateTime::parse_from_rfc3339(s.get_ref()) {
-                    Ok(t) => Some(t.timestamp()),
-                    Err(_) => {
-                        problem(
-                            s.span(),
-                            format!(
-                                "plan_start `{}` is not an RFC 3339 time with an offset",
-                                s.get_ref()
-                            ),
-                        );
-                        None
+    // An unreadable start is its own problem (then not also a missing one).
+    let start = plan_start.as_ref().map(|s| {
+        chrono::DateTime::parse_from_rfc3339(s.get_ref()).map_or_else(
+            |_| {
+                problem(
+                    s.span(),
+                    format!(
+                        "plan_start `{}` is not an RFC 3339 time with an offset",
+                        s.get_ref()
+                    ),
+                );
+                None
+            },
+            |t| Some(t.timestamp()),
+        )
+    });
+    let months = plan_months.as_ref().map(|m| *m.get_ref());
+    match super::Plan::from_parts(plan.get_ref(), start.map(|s| s.unwrap_or(0)), months) {
+        Ok(p) if start != Some(None) => return Some(p),
+        Ok(_) => return None,
+        Err(problems) => {
+            for p in problems {
+                let at = match &p {
+                    PlanError::Months(_) | PlanError::NotMonthly("plan_months") => {
+                        plan_months.as_ref().map(|m| m.span())
                     }
-                },
-                None => {
-                    problem(
-                        span.clone(),
-                        "a monthly package needs plan_start".to_owned(),
-                    );
-                    None
-                }
-            };
-            let months = match plan_months {
-                Some(m) if crate::billing::plans::valid_package_months(*m.get_ref()) => {
-                    Some(*m.get_ref())
-                }
-                Some(m) => {
-                    problem(
-                        m.span(),
-                        "plan_months must be 1-9, or 12, 24, 36 (1-3 years)".to_owned(),
-                    );
-                    None
-                }
-                None => {
-                    problem(
-                        span.clone(),
-                        "a monthly package needs plan_months".to_owned(),
-                    );
-                    None
-                }
-            };
-            return Some(Plan::Monthly {
-                start: start?,
-                months: months?,
-            });
-        }
-        "hourly" => Plan::Hourly,
-        "traffic" => Plan::Traffic,
-        "enhanced95" => Plan::Enhanced95,
-        "p95" => Plan::P95,
-        other => {
-            problem(
-                span,
-                format!("plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"),
-            );
-            return None;
-        }
-    };
-    for (key, given) in [
-        ("plan_start", plan_start.as_ref().map(|s| s.span())),
-        ("plan_months", plan_months.as_ref().map(|m| m.span())),
-    ] {
-        if let Some(at) = given {
-            problem(at, format!("{key} only goes with plan = \"monthly\""));
+                    PlanError::NotMonthly(_) => plan_start.as_ref().map(|s| s.span()),
+                    _ => None,
+                };
+                problem(at.unwrap_or_else(|| plan.span()), p.to_string());
+            }
         }
     }
-    Some(parsed)
+    None
 }
 
 /// `[lifecycle]`: periods of at least a second, a valid time of day.
@@ -686,14 +650,16 @@ fn problems_push_global(problem: &mut impl FnMut(Range<usize>, String), message:
     problem(0..0, message.to_owned());
 }
 
-fn is_assignable(addr: IpAddr) -> bool {
+/// Whether an address can be an EIP (not unspecified, loopback, multicast or broadcast).
+pub(crate) fn is_assignable(addr: IpAddr) -> bool {
     !(addr.is_unspecified()
         || addr.is_loopback()
         || addr.is_multicast()
         || matches!(addr, IpAddr::V4(v4) if v4.is_broadcast()))
 }
 
-fn valid_group_name(s: &str) -> bool {
+/// `[A-Za-z0-9_.-]{1,64}`.
+pub(crate) fn valid_group_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

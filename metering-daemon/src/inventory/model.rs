@@ -1,5 +1,6 @@
 //! The inventory the daemon holds: every EIP and shared bandwidth with the source that owns it,
-//! and the planning of changes against it (pure: no kernel, no store, no clock).
+//! the changes asked of it and the deltas they make, and the lifecycle's due queue (pure: no
+//! kernel, no store, no clock). Planning a batch is `plan.rs`.
 //!
 //! Ownership: the config file owns the subjects it lists, the API the ones it created. The API
 //! cannot change or remove a file-owned subject (`owned_by_file`); a file that lists a subject

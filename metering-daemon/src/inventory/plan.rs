@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::IpAddr};
 use super::model::{Delta, Held, Inventory, ItemError, Limits, Op, Source};
 use crate::{
     billing::plans::{Plan, valid_package_months},
-    config::{EipConfig, EipState, GroupConfig},
+    config::{EipConfig, EipState, GroupConfig, is_assignable, valid_group_name},
     edit::{Change, EipChanges},
     rating::LifecycleRules,
 };
@@ -469,11 +469,7 @@ fn check_eip(e: &EipConfig) -> Result<(), (&'static str, String)> {
             format!("{a} is an IPv4 address written as IPv6: give it as IPv4"),
         ));
     }
-    if a.is_unspecified()
-        || a.is_loopback()
-        || a.is_multicast()
-        || matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
-    {
+    if !is_assignable(a) {
         return Err((
             "invalid_address",
             format!("{a} cannot be an EIP (unspecified, loopback, multicast or broadcast)"),
@@ -509,11 +505,7 @@ fn check_group(g: &GroupConfig) -> Result<(), (&'static str, String)> {
         ));
     }
     let n = &g.name;
-    let valid_name = !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if !valid_name {
+    if !valid_group_name(n) {
         return Err((
             "invalid_group_name",
             format!("group name `{n}` must match [A-Za-z0-9_.-]{{1,64}}"),

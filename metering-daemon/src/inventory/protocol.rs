@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::model::{Held, ItemError, Op, Source};
 use crate::{
-    billing::plans::{Plan, valid_package_months},
+    billing::plans::{Plan, describe},
     config::{EipConfig, EipState, GroupConfig},
     edit::{Change, EipChanges, GroupChanges},
 };
@@ -198,57 +198,21 @@ fn parse_state(item: &Item) -> Result<Option<EipState>, Refusal> {
 
 /// The plan an item names, if any.
 fn parse_plan(item: &Item) -> Result<Option<Plan>, Refusal> {
-    let Some(name) = item.plan.as_deref() else {
-        if item.plan_start.is_some() || item.plan_months.is_some() {
-            return Err((
-                "invalid_plan",
-                "plan_start and plan_months go with plan = \"monthly\"".to_owned(),
-            ));
-        }
-        return Ok(None);
-    };
-    let plan = match name {
-        "monthly" => {
-            let start = item
-                .plan_start
-                .as_ref()
-                .ok_or_else(|| {
-                    (
-                        "invalid_plan",
-                        "a monthly package needs plan_start".to_owned(),
-                    )
-                })?
-                .seconds()
-                .map_err(|m| ("invalid_plan", m))?;
-            let months = item
-                .plan_months
-                .filter(|m| valid_package_months(*m))
-                .ok_or_else(|| {
-                    (
-                        "invalid_plan",
-                        "a monthly package needs plan_months: 1-9, or 12, 24, 36".to_owned(),
-                    )
-                })?;
-            return Ok(Some(Plan::Monthly { start, months }));
-        }
-        "hourly" => Plan::Hourly,
-        "traffic" => Plan::Traffic,
-        "enhanced95" => Plan::Enhanced95,
-        "p95" => Plan::P95,
-        other => {
-            return Err((
-                "invalid_plan",
-                format!("plan `{other}` is not one of monthly, hourly, traffic, enhanced95, p95"),
-            ));
-        }
-    };
-    if item.plan_start.is_some() || item.plan_months.is_some() {
-        return Err((
+    let start = item
+        .plan_start
+        .as_ref()
+        .map(|t| t.seconds().map_err(|m| ("invalid_plan", m)))
+        .transpose()?;
+    match item.plan.as_deref() {
+        None if start.is_none() && item.plan_months.is_none() => Ok(None),
+        None => Err((
             "invalid_plan",
             "plan_start and plan_months go with plan = \"monthly\"".to_owned(),
-        ));
+        )),
+        Some(name) => Plan::from_parts(name, start, item.plan_months)
+            .map(Some)
+            .map_err(|e| ("invalid_plan", describe(&e))),
     }
-    Ok(Some(plan))
 }
 
 /// The EIP an item describes in full (absent and `null` fields: none).

@@ -2,7 +2,7 @@
 //! (before and after as JSON) for every change.
 
 use crate::{
-    billing::plans::Plan,
+    billing::plans::{Plan, describe},
     config::{EipConfig, EipState, GroupConfig},
     store::{AuditRow, InventoryRow},
 };
@@ -75,20 +75,18 @@ pub fn from_rows(rows: Vec<InventoryRow>) -> Result<Subjects, String> {
 
 /// A stored row's plan.
 fn plan_of(r: &InventoryRow) -> Result<Option<Plan>, String> {
-    Ok(match (r.plan.as_deref(), r.plan_start, r.plan_months) {
-        (None, ..) => None,
-        (Some("monthly"), Some(start), Some(months)) => Some(Plan::Monthly { start, months }),
-        (Some("hourly"), ..) => Some(Plan::Hourly),
-        (Some("traffic"), ..) => Some(Plan::Traffic),
-        (Some("enhanced95"), ..) => Some(Plan::Enhanced95),
-        (Some("p95"), ..) => Some(Plan::P95),
-        (Some(other), ..) => {
-            return Err(format!(
-                "{} {}: unreadable plan `{other}`",
-                r.kind, r.subject
-            ));
-        }
-    })
+    r.plan
+        .as_deref()
+        .map(|name| Plan::from_parts(name, r.plan_start, r.plan_months))
+        .transpose()
+        .map_err(|e| {
+            format!(
+                "{} {}: unreadable plan: {}",
+                r.kind,
+                r.subject,
+                describe(&e)
+            )
+        })
 }
 
 /// A plan as its three columns.
