@@ -41,6 +41,9 @@ pub const MAP_BUCKET_STATE: &str = "BUCKET_STATE";
 pub const PROG_INGRESS: &str = "eip_ingress";
 /// TC program on the uplink's egress: counts traffic *from* an EIP (source address).
 pub const PROG_EGRESS: &str = "eip_egress";
+/// A classifier that only returns: never attached, the floor of the per-packet benchmark (the
+/// cost of the harness and the program call itself).
+pub const PROG_FLOOR: &str = "eip_floor";
 
 /// Slots compiled into the object; the daemon overrides it at load time with the configured
 /// capacity (`EbpfLoader::set_max_entries`).

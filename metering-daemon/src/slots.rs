@@ -5,9 +5,12 @@
 //! entry just before it was deleted has long finished by the time the slot serves another EIP.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     net::IpAddr,
 };
+
+/// The address index's map: a fast hash (foldhash, seeded per process) instead of SipHash.
+type AddrMap<V> = HashMap<IpAddr, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SlotError {
@@ -44,12 +47,14 @@ pub struct Assignment {
 pub struct Plan {
     pub add: Vec<IpAddr>,
     pub remove: Vec<IpAddr>,
+    /// Each desired address's slot now, in the order given (`None`: in `add`).
+    pub slots: Vec<Option<u32>>,
 }
 
 #[derive(Debug)]
 pub struct SlotTable {
     capacity: u32,
-    by_addr: HashMap<IpAddr, u32>,
+    by_addr: AddrMap<u32>,
     /// The EIP of every slot, for iteration in slot order (sequential over the counter array).
     owner: Vec<Option<IpAddr>>,
     free: VecDeque<u32>,
@@ -62,7 +67,7 @@ impl SlotTable {
     pub fn new(capacity: u32) -> Self {
         Self {
             capacity,
-            by_addr: HashMap::new(),
+            by_addr: AddrMap::default(),
             owner: vec![None; capacity as usize],
             free: (0..capacity).collect(),
             clean_from: 0,
@@ -75,7 +80,7 @@ impl SlotTable {
         capacity: u32,
         existing: impl IntoIterator<Item = (IpAddr, u32)>,
     ) -> Result<Self, SlotError> {
-        let mut by_addr = HashMap::new();
+        let mut by_addr = AddrMap::default();
         let mut owner: HashMap<u32, IpAddr> = HashMap::new();
         for (addr, slot) in existing {
             if slot >= capacity {
@@ -159,21 +164,31 @@ impl SlotTable {
     }
 
     /// The adds and removes that turn the current inventory into `desired` (order kept).
+    ///
+    /// One lookup per desired address and a pass over the slots; no set of the desired
+    /// addresses is built (a million of them cost more to hash than to look up).
     pub fn plan(&self, desired: &[IpAddr]) -> Plan {
-        let wanted: HashSet<&IpAddr> = desired.iter().collect();
+        let mut kept = vec![false; self.owner.len()];
+        let mut add = Vec::new();
+        let slots = desired
+            .iter()
+            .map(|addr| {
+                let slot = self.slot(addr);
+                match slot {
+                    Some(slot) => kept[slot as usize] = true,
+                    None => add.push(*addr),
+                }
+                slot
+            })
+            .collect();
         let mut remove: Vec<IpAddr> = self
-            .by_addr
-            .keys()
-            .filter(|a| !wanted.contains(a))
-            .copied()
+            .owner
+            .iter()
+            .zip(&kept)
+            .filter_map(|(owner, kept)| owner.filter(|_| !kept))
             .collect();
         remove.sort();
-        let add = desired
-            .iter()
-            .filter(|a| !self.by_addr.contains_key(a))
-            .copied()
-            .collect();
-        Plan { add, remove }
+        Plan { add, remove, slots }
     }
 }
 
@@ -261,5 +276,6 @@ mod tests {
         let p = t.plan(&[ip("192.0.2.2"), ip("192.0.2.3")]);
         assert_eq!(p.add, vec![ip("192.0.2.3")]);
         assert_eq!(p.remove, vec![ip("192.0.2.1")]);
+        assert_eq!(p.slots, vec![Some(1), None]);
     }
 }

@@ -27,6 +27,8 @@ use std::{
 use anyhow::{Context, Result, ensure};
 
 pub mod daemon;
+pub mod delayline;
+pub mod frames;
 pub mod http;
 pub mod postgres;
 pub mod prometheus;

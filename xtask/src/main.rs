@@ -321,6 +321,7 @@ fn bench(only: Option<&str>) -> Result<()> {
     for (bin, out) in [
         ("eip-meter-bench", "sampler.json"),
         ("eip-meter-dataplane-bench", "dataplane.json"),
+        ("eip-meter-packet-bench", "packet.json"),
         ("eip-meter-metrics-bench", "metrics.json"),
         ("eip-meter-store-bench", "store.json"),
         ("eip-meter-inventory-bench", "inventory.json"),

@@ -2,7 +2,6 @@
 //! the bpffs mount, and shutting down as `on_exit` says.
 
 use std::{
-    collections::HashMap as StdHashMap,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -102,7 +101,7 @@ impl Dataplane {
             pin_dir,
             slots: SlotTable::new(config.capacity),
             groups: GroupBuckets::new(config.capacity, config.group_capacity),
-            written: StdHashMap::new(),
+            written: Default::default(),
             uplinks: Uplinks::new(config),
             reused,
             nr_cpus,

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap as StdHashMap, net::IpAddr};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use metering_common::{
     BucketPairConfig, BucketPairState, DropCounters, EipKey, EipPolicy, MAP_BUCKET_CONFIG,
     MAP_BUCKET_STATE, MAP_EIP_COUNTERS, MAP_EIP_DROPS, MAP_EIP_POLICY, MAP_EIP_SLOTS,
@@ -16,6 +16,7 @@ use super::{
     batch::read_all_slots,
     key_of, map_err,
     pinned::{read_slot, read_slot_entries},
+    writes::PendingWrites,
 };
 use crate::{
     config::EipState,
@@ -36,6 +37,19 @@ impl GroupBuckets {
             free: (base..base + capacity).collect(),
         }
     }
+}
+
+/// An EIP's own bucket (if any) is written before the policy that points at it.
+fn stage_policy(
+    pending: &mut PendingWrites,
+    addr: IpAddr,
+    slot: u32,
+    (policy, own): (EipPolicy, Option<BucketPairConfig>),
+) {
+    if let Some(pair) = own {
+        pending.buckets.push((slot, pair));
+    }
+    pending.policies.push((addr, slot, policy, own));
 }
 
 impl Dataplane {
@@ -74,15 +88,26 @@ impl Dataplane {
             let (last, drops) = self.remove_eip(addr)?;
             report.removed.push((addr, last, drops));
         }
-        let adding: std::collections::HashSet<IpAddr> = plan.add.iter().copied().collect();
-        for (addr, eip_plan) in &desired.eips {
-            if adding.contains(addr) {
-                self.add_eip(*addr, eip_plan, desired.ecn)?;
-                report.added += 1;
-            } else {
-                self.change_eip(*addr, eip_plan, desired.ecn, &mut report)?;
+        let mut pending = PendingWrites::default();
+        for ((addr, eip_plan), slot) in desired.eips.iter().zip(plan.slots) {
+            let staged = match slot {
+                None => self
+                    .stage_add(*addr, eip_plan, desired.ecn, &mut pending)
+                    .map(|_| report.added += 1),
+                Some(slot) => {
+                    self.stage_change(*addr, slot, eip_plan, desired.ecn, &mut pending);
+                    Ok(())
+                }
+            };
+            if let Err(e) = staged {
+                // What came before is written, as if one at a time.
+                self.flush(pending)?;
+                return Err(e);
             }
         }
+        // Every addition stages one policy and one insert; the other policies are changes.
+        report.changed += pending.policies.len() - pending.inserts.len();
+        self.flush(pending)?;
 
         let wanted: std::collections::HashSet<&str> =
             desired.groups.iter().map(|(n, _)| n.as_str()).collect();
@@ -119,15 +144,25 @@ impl Dataplane {
                 report.removed.push((*addr, last, drops));
             }
         }
+        let mut pending = PendingWrites::default();
         for (addr, plan) in &changes.eips {
             let Some(plan) = plan else { continue };
-            if self.slots.slot(addr).is_none() {
-                self.add_eip(*addr, plan, changes.ecn)?;
-                report.added += 1;
-            } else {
-                self.change_eip(*addr, plan, changes.ecn, &mut report)?;
+            let staged = match self.slots.slot(addr) {
+                None => self
+                    .stage_add(*addr, plan, changes.ecn, &mut pending)
+                    .map(|_| report.added += 1),
+                Some(slot) => {
+                    self.stage_change(*addr, slot, plan, changes.ecn, &mut pending);
+                    Ok(())
+                }
+            };
+            if let Err(e) = staged {
+                self.flush(pending)?;
+                return Err(e);
             }
         }
+        report.changed += pending.policies.len() - pending.inserts.len();
+        self.flush(pending)?;
         for (name, pair) in &changes.groups {
             if pair.is_none() {
                 self.remove_group(name, &mut report)?;
@@ -136,22 +171,20 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// Writes `addr`'s policy if it differs from what this process last wrote.
-    fn change_eip(
-        &mut self,
+    /// Stages the policy of `addr` (in `slot`) if it differs from what this process last
+    /// wrote there. Counted in the report when flushed.
+    fn stage_change(
+        &self,
         addr: IpAddr,
+        slot: u32,
         plan: &EipPlan,
         ecn: bool,
-        report: &mut ApplyReport,
-    ) -> Result<(), DataplaneError> {
-        if let Some(slot) = self.slots.slot(&addr) {
-            let wanted = self.kernel_policy(slot, plan, ecn);
-            if self.written.get(&addr) != Some(&wanted) {
-                self.write_policy(addr, slot, wanted)?;
-                report.changed += 1;
-            }
+        pending: &mut PendingWrites,
+    ) {
+        let wanted = self.kernel_policy(slot, plan, ecn);
+        if self.written.get(slot) != Some(&wanted) {
+            stage_policy(pending, addr, slot, wanted);
         }
-        Ok(())
     }
 
     /// Creates or re-caps a group's bucket pair (a new one starts full).
@@ -221,23 +254,6 @@ impl Dataplane {
         (policy, own)
     }
 
-    /// Writes an EIP's own bucket (if any) before the policy that points at it.
-    fn write_policy(
-        &mut self,
-        addr: IpAddr,
-        slot: u32,
-        (policy, own): (EipPolicy, Option<BucketPairConfig>),
-    ) -> Result<(), DataplaneError> {
-        if let Some(pair) = &own {
-            self.write_bucket(slot, pair)?;
-        }
-        let mut map = self.array_mut::<EipPolicy>(MAP_EIP_POLICY)?;
-        map.set(slot, policy, 0)
-            .map_err(map_err(MAP_EIP_POLICY, "write policy"))?;
-        self.written.insert(addr, (policy, own));
-        Ok(())
-    }
-
     fn write_bucket(&mut self, index: u32, pair: &BucketPairConfig) -> Result<(), DataplaneError> {
         self.array_mut::<BucketPairConfig>(MAP_BUCKET_CONFIG)?
             .set(index, *pair, 0)
@@ -276,42 +292,29 @@ impl Dataplane {
         plan: &EipPlan,
         ecn: bool,
     ) -> Result<u32, DataplaneError> {
-        let assignment = self.slots.assign(addr)?;
-        let result = self.publish(addr, assignment.slot, assignment.needs_zeroing, plan, ecn);
-        if result.is_err() {
-            self.slots.release(&addr);
-            self.written.remove(&addr);
-        }
-        result.map(|()| assignment.slot)
+        let mut pending = PendingWrites::default();
+        let slot = self.stage_add(addr, plan, ecn, &mut pending)?;
+        self.flush(pending)?;
+        Ok(slot)
     }
 
-    fn publish(
+    /// Takes a slot for `addr` and stages what publishing it writes (see [`PendingWrites`]).
+    fn stage_add(
         &mut self,
         addr: IpAddr,
-        slot: u32,
-        zero: bool,
         plan: &EipPlan,
         ecn: bool,
-    ) -> Result<(), DataplaneError> {
-        if zero {
-            let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); self.nr_cpus])
-                .map_err(DataplaneError::Cpus)?;
-            let mut counters = self.counters_map_mut()?;
-            counters
-                .set(slot, zeros, 0)
-                .map_err(map_err(MAP_EIP_COUNTERS, "zero slot"))?;
-            self.array_mut::<DropCounters>(MAP_EIP_DROPS)?
-                .set(slot, DropCounters::default(), 0)
-                .map_err(map_err(MAP_EIP_DROPS, "zero slot"))?;
-            self.reset_bucket_state(slot)?;
+        pending: &mut PendingWrites,
+    ) -> Result<u32, DataplaneError> {
+        let assignment = self.slots.assign(addr)?;
+        let slot = assignment.slot;
+        if assignment.needs_zeroing {
+            pending.zero.push(slot);
         }
         let wanted = self.kernel_policy(slot, plan, ecn);
-        self.write_policy(addr, slot, wanted)?;
-        let mut slots = self.slot_map_mut()?;
-        const BPF_NOEXIST: u64 = 1;
-        slots
-            .insert(key_of(addr), slot, BPF_NOEXIST)
-            .map_err(map_err(MAP_EIP_SLOTS, "insert EIP"))
+        stage_policy(pending, addr, slot, wanted);
+        pending.inserts.push((addr, slot));
+        Ok(slot)
     }
 
     /// Withdraws `addr` from the kernel and returns its final counters and drops. The slot is
@@ -328,7 +331,7 @@ impl Dataplane {
             .remove(&key_of(addr))
             .map_err(map_err(MAP_EIP_SLOTS, "remove EIP"))?;
         self.slots.release(&addr);
-        self.written.remove(&addr);
+        self.written.forget(slot);
         let last = read_slot(&self.counters_map()?, slot)?;
         let drops = self
             .array::<DropCounters>(MAP_EIP_DROPS)?
@@ -457,16 +460,6 @@ impl Dataplane {
         let map = self
             .ebpf
             .map(MAP_EIP_COUNTERS)
-            .expect("map is in the object");
-        PerCpuArray::try_from(map).map_err(map_err(MAP_EIP_COUNTERS, "open"))
-    }
-
-    fn counters_map_mut(
-        &mut self,
-    ) -> Result<PerCpuArray<&mut MapData, TrafficCounters>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_EIP_COUNTERS)
             .expect("map is in the object");
         PerCpuArray::try_from(map).map_err(map_err(MAP_EIP_COUNTERS, "open"))
     }

@@ -23,6 +23,7 @@
 //! | `links/`      | attach the programs, take over pinned links, follow uplinks (netlink) |
 //! | `maps.rs`     | publish and withdraw EIPs, write policies and caps, read counters      |
 //! | `batch.rs`    | `BPF_MAP_LOOKUP_BATCH` of the per-CPU counters                         |
+//! | `writes.rs`   | an apply's writes, flushed map by map with `BPF_MAP_UPDATE_BATCH`      |
 //! | `pinned.rs`   | read-only view of the pins from another process (`eip-meter counters`) |
 //! | `testrun.rs`  | `BPF_PROG_TEST_RUN` and the kernel's run-time statistics               |
 
@@ -32,16 +33,16 @@ mod load;
 mod maps;
 mod pinned;
 mod testrun;
+mod writes;
 
 use std::{
-    collections::HashMap as StdHashMap,
     io,
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use aya::{Ebpf, maps::MapError};
-use metering_common::{BucketPairConfig, DropCounters, EipKey, EipPolicy, TrafficCounters};
+use metering_common::{BucketPairConfig, DropCounters, EipKey, TrafficCounters};
 
 pub use batch::BATCH_SLOTS;
 pub use links::{LossCause, UplinkEvent, UplinkState, UplinkStatus};
@@ -75,6 +76,12 @@ pub enum DataplaneError {
         map: &'static str,
         op: &'static str,
         source: MapError,
+    },
+    #[error("map {map}: batch {op}: {source}")]
+    Batch {
+        map: &'static str,
+        op: &'static str,
+        source: io::Error,
     },
     #[error("program {program}: {op}: {source}")]
     Program {
@@ -138,7 +145,7 @@ pub struct Dataplane {
     slots: SlotTable,
     groups: maps::GroupBuckets,
     /// What this process last wrote per EIP, so a reload touches only what changed.
-    written: StdHashMap<IpAddr, (EipPolicy, Option<BucketPairConfig>)>,
+    written: writes::WrittenPolicies,
     /// The configured uplinks and what is attached to each.
     uplinks: links::Uplinks,
     /// Whether the maps were left pinned by an earlier daemon (`on_exit = "keep"` or a crash).

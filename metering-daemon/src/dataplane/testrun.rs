@@ -17,6 +17,20 @@ impl Dataplane {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, u32), DataplaneError> {
+        self.test_run_gso(program, frame, repeat, None)
+    }
+
+    /// [`Self::test_run`] with the skb marked as a GSO super-packet of `gso = (segments,
+    /// segment size)`, as a local TCP sender hands it to the device. The frame itself stays
+    /// below a page (the kernel's limit for a test run): the programs take the super-packet's
+    /// size from `skb->len` and its segment count from `gso_segs`, so the path is the same.
+    pub fn test_run_gso(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+        gso: Option<(u32, u32)>,
+    ) -> Result<(u32, u32), DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let fd = self
             .loaded_program(program)?
@@ -50,6 +64,12 @@ impl Dataplane {
             _pad: u32,
         }
         const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        // `struct __sk_buff` (192 bytes in 6.x) as the context: zero but for the GSO fields,
+        // which the kernel copies into the test skb's shared info.
+        const SK_BUFF_SIZE: usize = 192;
+        const GSO_SEGS_OFFSET: usize = 164;
+        const GSO_SIZE_OFFSET: usize = 176;
+        let mut skb_ctx = [0u8; SK_BUFF_SIZE];
         let mut attr = TestRunAttr {
             prog_fd: fd as u32,
             data_size_in: frame.len() as u32,
@@ -57,7 +77,14 @@ impl Dataplane {
             repeat,
             ..Default::default()
         };
-        // SAFETY: `attr` points at `frame`, which outlives the call; no output buffers are given.
+        if let Some((segments, size)) = gso {
+            skb_ctx[GSO_SEGS_OFFSET..GSO_SEGS_OFFSET + 4].copy_from_slice(&segments.to_ne_bytes());
+            skb_ctx[GSO_SIZE_OFFSET..GSO_SIZE_OFFSET + 4].copy_from_slice(&size.to_ne_bytes());
+            attr.ctx_size_in = SK_BUFF_SIZE as u32;
+            attr.ctx_in = skb_ctx.as_ptr() as u64;
+        }
+        // SAFETY: `attr` points at `frame` and `skb_ctx`, which outlive the call; no output
+        // buffers are given.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_bpf,

@@ -1,0 +1,189 @@
+//! `cargo xtask bench packet`: what the data plane costs per packet, measured
+//! deterministically in the kernel (`BPF_PROG_TEST_RUN`) beside a program that only returns,
+//! and how long the control plane takes to write the policy of 1,000,000 EIPs. Writes the JSON
+//! file named by the first argument and prints a table.
+//!
+//! * [`kernel`]: nanoseconds per packet of each path (counting IPv4/IPv6, capped, not an EIP,
+//!   blocked, a GSO super-packet) against the floor, with the counts checked afterwards.
+//! * The policy of 1,000,000 EIPs: provisioned from nothing with their caps, then every cap
+//!   changed (the figure an operator waits for after a price-plan migration).
+
+mod cold;
+mod kernel;
+
+use std::{net::IpAddr, time::Instant};
+
+use anyhow::{Context, Result};
+use eip_meter_tests::topology::UPLINK;
+use metering_daemon::{
+    config::{DataplaneConfig, EipState, OnExit, PolicingConfig},
+    dataplane::Dataplane,
+    policy::{Caps, DesiredPolicy, EipPlan, bucket_pair},
+};
+use serde_json::json;
+
+const EIPS: u32 = 1_000_000;
+
+/// Median and range of repeated measurements.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(xs: &[f64]) -> Self {
+        let mut xs = xs.to_vec();
+        xs.sort_by(f64::total_cmp);
+        Self {
+            median: xs[xs.len() / 2],
+            min: xs[0],
+            max: xs[xs.len() - 1],
+        }
+    }
+
+    fn json(self) -> serde_json::Value {
+        json!([self.min, self.max])
+    }
+}
+
+/// An active EIP, capped at `mbps` in both directions when given.
+pub fn plan(mbps: Option<u64>) -> EipPlan {
+    let policing = PolicingConfig {
+        share: 1.0,
+        ..PolicingConfig::default()
+    };
+    EipPlan {
+        state: EipState::Active,
+        caps: match mbps {
+            Some(mbps) => {
+                Caps::Own(bucket_pair(Some(mbps), None, None, &policing).expect("capped"))
+            }
+            None => Caps::None,
+        },
+    }
+}
+
+fn main() -> Result<()> {
+    eip_meter_tests::require_root();
+    let out = std::env::args()
+        .nth(1)
+        .context("usage: eip-meter-packet-bench OUT.json")?;
+    let mut config = DataplaneConfig::with_interfaces(vec![UPLINK.to_owned()]);
+    config.capacity = EIPS + 16;
+    config.bpffs_root = "/sys/fs/bpf/eip-meter-bench".into();
+    config.instance = format!("packet{}", std::process::id());
+    config.on_exit = OnExit::Detach;
+    let mut dp = Dataplane::load(&config)?;
+
+    eprintln!("bench: provisioning {EIPS} capped EIPs");
+    let others: Vec<IpAddr> = (0..EIPS).map(eip_meter_tests::bench_eip).collect();
+    let mut desired = DesiredPolicy {
+        groups: Vec::new(),
+        eips: others
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (*a, plan(Some(1 + (i as u64 * 7919) % 1000))))
+            .collect(),
+        ecn: true,
+    };
+    kernel::add_measured(&mut desired);
+    let started = Instant::now();
+    dp.apply(&desired)?;
+    let provision_seconds = started.elapsed().as_secs_f64();
+    eprintln!("bench: changing the caps of all {EIPS} EIPs");
+    for (i, (_, p)) in desired.eips.iter_mut().take(EIPS as usize).enumerate() {
+        *p = plan(Some(1 + (i as u64 * 7919 + 13) % 1000));
+    }
+    let started = Instant::now();
+    let report = dp.apply(&desired)?;
+    let apply_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.changed >= EIPS as usize - 1,
+        "only {} policies changed",
+        report.changed
+    );
+
+    eprintln!("bench: BPF_PROG_TEST_RUN per-packet cost");
+    let ns = kernel::measure(&mut dp)?;
+    eprintln!(
+        "bench: cold ({} EIPs) against hot (one EIP), kernel run-time statistics",
+        cold::COLD_EIPS
+    );
+    let (dp, cold) = cold::measure(dp, &mut desired)?;
+    dp.shutdown()?;
+
+    let floor = ns
+        .iter()
+        .find(|(n, _)| *n == "empty")
+        .map(|(_, s)| s.median)
+        .expect("floor");
+    let mut report = serde_json::Map::new();
+    report.insert("eips_provisioned".into(), json!(EIPS));
+    println!("| path (64-byte frame unless said) | ns/packet, median | range | above the floor |");
+    println!("|---|---|---|---|");
+    for (name, s) in &ns {
+        report.insert(format!("ns_per_packet_{name}"), json!(s.median));
+        report.insert(format!("ns_per_packet_{name}_range"), s.json());
+        if *name != "empty" {
+            report.insert(
+                format!("ns_per_packet_{name}_above_empty"),
+                json!(s.median - floor),
+            );
+        }
+        println!(
+            "| {name} | {:.0} | {:.0}-{:.0} | {:.0} |",
+            s.median,
+            s.min,
+            s.max,
+            s.median - floor
+        );
+    }
+    let ratio = cold.cold.median / cold.hot.median;
+    report.insert("ns_per_packet_cold".into(), json!(cold.cold.median));
+    report.insert("ns_per_packet_cold_range".into(), cold.cold.json());
+    report.insert(
+        "ns_per_packet_cold_non_eip".into(),
+        json!(cold.cold_non_eip.median),
+    );
+    report.insert("ns_per_packet_hot".into(), json!(cold.hot.median));
+    report.insert("ns_per_packet_hot_range".into(), cold.hot.json());
+    report.insert("ns_per_packet_cold_ratio_to_hot".into(), json!(ratio));
+    report.insert(
+        "cold_sender_packets_per_second".into(),
+        json!(cold.packets_per_second.median),
+    );
+    println!(
+        "| cold: {} EIPs in turn (run-time statistics, sender in a namespace) | {:.0} | {:.0}-{:.0} | {ratio:.2}x hot |",
+        cold::COLD_EIPS,
+        cold.cold.median,
+        cold.cold.min,
+        cold.cold.max
+    );
+    println!(
+        "| cold, no EIP: {} other addresses in turn (the hash lookup alone) | {:.0} | {:.0}-{:.0} | |",
+        cold::COLD_EIPS,
+        cold.cold_non_eip.median,
+        cold.cold_non_eip.min,
+        cold.cold_non_eip.max
+    );
+    println!(
+        "| hot: the same traffic to one EIP | {:.0} | {:.0}-{:.0} | |",
+        cold.hot.median, cold.hot.min, cold.hot.max
+    );
+    report.insert("provision_seconds_1m_eips".into(), json!(provision_seconds));
+    report.insert("policy_apply_seconds_1m_eips".into(), json!(apply_seconds));
+    println!("| policy of {EIPS} new capped EIPs written | {provision_seconds:.2} s | | |");
+    println!("| caps of {EIPS} EIPs changed | {apply_seconds:.2} s | | |");
+    report.insert(
+        "targets".into(),
+        json!({
+            "ns_per_packet_counting_v4_above_empty": "<= 60",
+            "ns_per_packet_capped_v4_above_empty": "<= 100",
+            "ns_per_packet_cold_ratio_to_hot": "<= 2",
+            "policy_apply_seconds_1m_eips": "< 1",
+        }),
+    );
+    eip_meter_tests::write_bench_report(&out, &report)
+}
