@@ -23,6 +23,8 @@ pub struct IperfResult {
     pub received_bytes: u64,
     /// TCP retransmissions (0 for UDP).
     pub retransmits: u64,
+    /// The sender's mean smoothed RTT in microseconds (TCP; 0 when iperf3 gives none).
+    pub mean_rtt_us: u64,
     /// UDP datagrams sent and lost (0 for TCP).
     pub udp_packets: u64,
     pub udp_lost: u64,
@@ -191,6 +193,7 @@ pub fn iperf_wait(mut child: Child, seconds: u32) -> Result<IperfResult> {
             seconds: num(&end["sum_received"]["seconds"]),
             received_bytes: num(&end["sum_received"]["bytes"]) as u64,
             retransmits: num(&end["sum_sent"]["retransmits"]) as u64,
+            mean_rtt_us: num(&end["streams"][0]["sender"]["mean_rtt"]) as u64,
             ..Default::default()
         })
     } else {
@@ -201,6 +204,7 @@ pub fn iperf_wait(mut child: Child, seconds: u32) -> Result<IperfResult> {
             seconds: num(&sum["seconds"]),
             received_bytes: 0,
             retransmits: 0,
+            mean_rtt_us: 0,
             udp_packets: packets,
             udp_lost: lost,
         })

@@ -10,6 +10,7 @@
 
 mod cold;
 mod kernel;
+mod tcp;
 
 use std::{net::IpAddr, time::Instant};
 
@@ -50,16 +51,21 @@ impl Spread {
 
 /// An active EIP, capped at `mbps` in both directions when given.
 pub fn plan(mbps: Option<u64>) -> EipPlan {
-    let policing = PolicingConfig {
-        share: 1.0,
-        ..PolicingConfig::default()
-    };
+    plan_with(
+        mbps,
+        &PolicingConfig {
+            share: 1.0,
+            ..PolicingConfig::default()
+        },
+    )
+}
+
+/// An active EIP, capped at `mbps` with `policing`'s bucket depth and marking threshold.
+pub fn plan_with(mbps: Option<u64>, policing: &PolicingConfig) -> EipPlan {
     EipPlan {
         state: EipState::Active,
         caps: match mbps {
-            Some(mbps) => {
-                Caps::Own(bucket_pair(Some(mbps), None, None, &policing).expect("capped"))
-            }
+            Some(mbps) => Caps::Own(bucket_pair(Some(mbps), None, None, policing).expect("capped")),
             None => Caps::None,
         },
     }
@@ -112,6 +118,12 @@ fn main() -> Result<()> {
         cold::COLD_EIPS
     );
     let (dp, cold) = cold::measure(dp, &mut desired)?;
+    eprintln!(
+        "bench: one TCP flow through a {} Mbit/s cap at {:?} ms RTT (delay line)",
+        tcp::CAP_MBPS,
+        tcp::RTTS_MS
+    );
+    let (dp, tcp, sweep) = tcp::measure(dp, &mut desired)?;
     dp.shutdown()?;
 
     let floor = ns
@@ -172,6 +184,47 @@ fn main() -> Result<()> {
         "| hot: the same traffic to one EIP | {:.0} | {:.0}-{:.0} | |",
         cold.hot.median, cold.hot.min, cold.hot.max
     );
+    for f in &tcp {
+        let prefix = f.limiter.prefix();
+        let rtt = f.rtt_target_ms;
+        for (name, s) in [
+            ("goodput_pct_of_cap", f.goodput_pct_of_cap),
+            ("retransmits_per_mb", f.retransmits_per_mb),
+            ("rtt_ms", f.rtt_ms),
+        ] {
+            report.insert(format!("{prefix}_{name}_rtt{rtt}"), json!(s.median));
+            report.insert(format!("{prefix}_{name}_rtt{rtt}_range"), s.json());
+        }
+        println!(
+            "| TCP, {rtt} ms RTT (measured {:.1}), {:?}: goodput % of cap; retransmits/MB | {:.1}; {:.1} | {:.1}-{:.1}; {:.1}-{:.1} | |",
+            f.rtt_ms.median,
+            f.limiter,
+            f.goodput_pct_of_cap.median,
+            f.retransmits_per_mb.median,
+            f.goodput_pct_of_cap.min,
+            f.goodput_pct_of_cap.max,
+            f.retransmits_per_mb.min,
+            f.retransmits_per_mb.max
+        );
+    }
+    for rtt in tcp::RTTS_MS {
+        let goodput = |l: tcp::Limiter| {
+            tcp.iter()
+                .find(|f| f.rtt_target_ms == rtt && f.limiter == l)
+                .map(|f| f.goodput_pct_of_cap.median)
+                .expect("measured")
+        };
+        let htb = goodput(tcp::Limiter::Htb);
+        report.insert(
+            format!("tcp_goodput_ratio_vs_htb_rtt{rtt}"),
+            json!(goodput(tcp::Limiter::Policer) / htb),
+        );
+        report.insert(
+            format!("tcp_ecn_goodput_ratio_vs_htb_rtt{rtt}"),
+            json!(goodput(tcp::Limiter::PolicerEcn) / htb),
+        );
+    }
+    report.insert("tcp_sweep_rtt50".into(), sweep);
     report.insert("provision_seconds_1m_eips".into(), json!(provision_seconds));
     report.insert("policy_apply_seconds_1m_eips".into(), json!(apply_seconds));
     println!("| policy of {EIPS} new capped EIPs written | {provision_seconds:.2} s | | |");
@@ -183,6 +236,9 @@ fn main() -> Result<()> {
             "ns_per_packet_capped_v4_above_empty": "<= 100",
             "ns_per_packet_cold_ratio_to_hot": "<= 2",
             "policy_apply_seconds_1m_eips": "< 1",
+            "tcp_goodput_ratio_vs_htb_rtt50": ">= 0.95",
+            "tcp_retransmits_per_mb_rtt50": "<= 35",
+            "tcp_ecn_retransmits_per_mb_rtt50": "about 0",
         }),
     );
     eip_meter_tests::write_bench_report(&out, &report)
