@@ -30,3 +30,8 @@ pub mod slots;
 pub mod store;
 
 pub use daemon::run;
+
+/// A hash map on foldhash (seeded per process) instead of SipHash, for the per-EIP indexes
+/// that see a million lookups in one apply or round. Their keys come from the operator and the
+/// store, never from packets.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

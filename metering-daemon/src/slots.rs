@@ -9,8 +9,9 @@ use std::{
     net::IpAddr,
 };
 
-/// The address index's map: a fast hash (foldhash, seeded per process) instead of SipHash.
-type AddrMap<V> = HashMap<IpAddr, V, foldhash::fast::RandomState>;
+use crate::FastMap;
+
+type AddrMap<V> = FastMap<IpAddr, V>;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SlotError {

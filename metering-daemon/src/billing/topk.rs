@@ -14,7 +14,9 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            heap: BinaryHeap::with_capacity(k.min(1024)),
+            // Grown as values come: a month's heap (k = 433) would otherwise be allocated in
+            // full by every EIP's first sample, 3.5 GB at once for a million new EIPs.
+            heap: BinaryHeap::new(),
         }
     }
 
@@ -48,9 +50,12 @@ impl TopK {
         if n == 0 || n > self.heap.len() {
             return None;
         }
+        if n == self.heap.len() {
+            return self.min_kept(); // a full month: the heap's root, no sort
+        }
         let mut values: Vec<u64> = self.heap.iter().map(|r| r.0).collect();
-        values.sort_unstable_by(|a, b| b.cmp(a));
-        values.get(n - 1).copied()
+        let (_, nth, _) = values.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+        Some(*nth)
     }
 
     /// The kept values, largest first.

@@ -11,7 +11,10 @@ use super::{
     records::{encode_checkpoint, encode_groups, write_durable},
     sql,
 };
-use crate::billing::series::{Closed, Series};
+use crate::{
+    FastMap,
+    billing::series::{Closed, Series},
+};
 
 /// What one commit writes: the round's sample records ([`super::encode_sample`]), the full
 /// counter snapshot they were computed against ([`super::encode_snapshot`]), the EIPs it
@@ -103,7 +106,9 @@ impl Store {
             presence_opened,
             presence_closed,
         } = round;
-        let fresh: HashMap<IpAddr, u32> = new_eips.iter().map(|(id, eip)| (*eip, *id)).collect();
+        let mut fresh: FastMap<IpAddr, u32> = FastMap::default();
+        fresh.reserve(new_eips.len());
+        fresh.extend(new_eips.iter().map(|(id, eip)| (*eip, *id)));
         let id = |eip: &IpAddr| -> u32 {
             self.ids
                 .get(eip)
@@ -214,14 +219,21 @@ impl Store {
             let mut legacy = tx
                 .prepare_cached("DELETE FROM checkpoints WHERE eip = ?1")
                 .map_err(sql("write checkpoints"))?;
-            for (eip, _) in checkpoints {
-                let eid = id(eip);
-                refs.execute(params![eid % self.rotation, eid, seq])
+            // In key order: a million new EIPs' rows are then appended page by page instead
+            // of inserted all over the table (4.5 s -> well under 1 s).
+            let mut keys: Vec<(u32, u32)> = checkpoints
+                .iter()
+                .map(|(eip, _)| {
+                    let eid = id(eip);
+                    (eid % self.rotation, eid)
+                })
+                .collect();
+            keys.sort_unstable();
+            for (turn, eid) in keys {
+                refs.execute(params![turn, eid, seq])
                     .map_err(sql("write checkpoints"))?;
                 if self.legacy_checkpoints {
-                    legacy
-                        .execute([id(eip)])
-                        .map_err(sql("write checkpoints"))?;
+                    legacy.execute([eid]).map_err(sql("write checkpoints"))?;
                 }
             }
         }
@@ -263,6 +275,9 @@ impl Store {
                 .map_err(sql("drop unused checkpoint files"))?;
         }
         tx.commit().map_err(sql("commit round"))?;
+        self.checkpoint_seq.reserve(checkpoints.len());
+        self.ids.reserve(new_eips.len());
+        self.addresses.reserve(new_eips.len());
         for (eid, to) in moves {
             match to {
                 Some(to) => self.checkpoint_seq.insert(eid, to),

@@ -37,7 +37,6 @@ pub mod staging;
 mod tests;
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -51,7 +50,7 @@ pub use inventory::{AuditRow, InventoryChange, InventoryEntry, InventoryRecord, 
 pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_sample, encode_snapshot};
 pub use ship::{CommittedRound, PresenceRange};
 
-use crate::billing::calendar::Calendar;
+use crate::{FastMap, billing::calendar::Calendar};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -169,13 +168,13 @@ pub struct Store {
     /// `<state_dir>/rounds/`: `<seq>.samples` and `<seq>.snapshot` files, referenced by rows.
     files: PathBuf,
     next_seq: i64,
-    ids: HashMap<IpAddr, u32>,
-    addresses: HashMap<u32, IpAddr>,
+    ids: FastMap<IpAddr, u32>,
+    addresses: FastMap<u32, IpAddr>,
     /// Whether JSON checkpoint rows of the earlier format remain (each is dropped when its
     /// EIP is next checkpointed).
     legacy_checkpoints: bool,
     /// The file (seq) holding each EIP's latest checkpoint, as `checkpoint_refs` says.
-    checkpoint_seq: HashMap<u32, i64>,
+    checkpoint_seq: FastMap<u32, i64>,
     /// How many EIPs' latest checkpoint each file holds: a file at zero is deleted.
     checkpoint_live: std::collections::BTreeMap<i64, u64>,
     /// Rounds per day: the checkpoint rotation's length (the `turn` of `checkpoint_refs`).
@@ -287,7 +286,7 @@ impl Store {
         .into_iter()
         .map(|(seq, _)| (seq, 0))
         .collect();
-        let checkpoint_seq: HashMap<u32, i64> = pair_rows::<u32, i64>(
+        let checkpoint_seq: FastMap<u32, i64> = pair_rows::<u32, i64>(
             &conn,
             "SELECT eip, seq FROM checkpoint_refs",
             "read checkpoint refs",
@@ -323,8 +322,8 @@ impl Store {
             conn,
             files,
             next_seq,
-            ids: HashMap::new(),
-            addresses: HashMap::new(),
+            ids: FastMap::default(),
+            addresses: FastMap::default(),
             legacy_checkpoints,
             checkpoint_seq,
             checkpoint_live,

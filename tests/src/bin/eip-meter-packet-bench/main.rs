@@ -1,14 +1,19 @@
 //! `cargo xtask bench packet`: what the data plane costs per packet, measured
-//! deterministically in the kernel (`BPF_PROG_TEST_RUN`) beside a program that only returns,
-//! and how long the control plane takes to write the policy of 1,000,000 EIPs. Writes the JSON
-//! file named by the first argument and prints a table.
+//! deterministically in the kernel (`BPF_PROG_TEST_RUN`) beside a program that only returns;
+//! what a million EIPs cost the control plane; and one TCP flow through a cap at real
+//! round-trip times. Writes the JSON file named by the first argument and prints a table.
 //!
-//! * [`kernel`]: nanoseconds per packet of each path (counting IPv4/IPv6, capped, not an EIP,
-//!   blocked, a GSO super-packet) against the floor, with the counts checked afterwards.
+//! * [`control`]: the first sampling round of 1,000,000 new EIPs, and the rounds at the end
+//!   of a month with a full month of state each.
 //! * The policy of 1,000,000 EIPs: provisioned from nothing with their caps, then every cap
 //!   changed (the figure an operator waits for after a price-plan migration).
+//! * [`kernel`]: nanoseconds per packet of each path (counting IPv4/IPv6, capped, not an EIP,
+//!   blocked, a GSO super-packet) against the floor, with the counts checked afterwards.
+//! * [`cold`]: the same path with packets spread over 100,000 EIPs, against one EIP.
+//! * [`tcp`]: goodput and retransmissions through the cap and through HTB at 10 and 50 ms.
 
 mod cold;
+mod control;
 mod kernel;
 mod tcp;
 
@@ -76,6 +81,10 @@ fn main() -> Result<()> {
     let out = std::env::args()
         .nth(1)
         .context("usage: eip-meter-packet-bench OUT.json")?;
+    eprintln!("bench: the first sampling round of {EIPS} new EIPs");
+    let first = control::measure(EIPS)?;
+    eprintln!("bench: the rounds at the end of a month, {EIPS} EIPs with a full month each");
+    let month_end = control::month_end(EIPS)?;
     let mut config = DataplaneConfig::with_interfaces(vec![UPLINK.to_owned()]);
     config.capacity = EIPS + 16;
     config.bpffs_root = "/sys/fs/bpf/eip-meter-bench".into();
@@ -225,6 +234,62 @@ fn main() -> Result<()> {
         );
     }
     report.insert("tcp_sweep_rtt50".into(), sweep);
+    for (key, value) in [
+        ("first_round_seconds_1m_new_eips", first.first_round_seconds),
+        (
+            "first_round_compute_seconds_1m_new_eips",
+            first.first_round_compute_seconds,
+        ),
+        (
+            "first_round_commit_seconds_1m_new_eips",
+            first.first_round_commit_seconds,
+        ),
+        (
+            "round_seconds_1m_eips_after_first",
+            first.next_round_seconds,
+        ),
+        (
+            "round_seconds_1m_eips_last_of_month",
+            month_end.last_round_seconds,
+        ),
+        (
+            "round_seconds_1m_eips_month_end",
+            month_end.closing_round_seconds,
+        ),
+        (
+            "round_compute_seconds_1m_eips_month_end",
+            month_end.closing_compute_seconds,
+        ),
+        (
+            "round_commit_seconds_1m_eips_month_end",
+            month_end.closing_commit_seconds,
+        ),
+        (
+            "restore_seconds_1m_eips_full_month",
+            month_end.restore_seconds,
+        ),
+    ] {
+        report.insert(key.into(), json!(value));
+    }
+    report.insert(
+        "month_end_closed_months".into(),
+        json!(month_end.closed_months),
+    );
+    println!(
+        "| first round, {EIPS} new EIPs | {:.2} s (billing state {:.2} s, store {:.2} s); the next round {:.2} s | | |",
+        first.first_round_seconds,
+        first.first_round_compute_seconds,
+        first.first_round_commit_seconds,
+        first.next_round_seconds
+    );
+    println!(
+        "| month end, {EIPS} EIPs with a full month each | last round of the month {:.2} s; the round closing it {:.2} s (billing state {:.2} s, store {:.2} s) | restored in {:.1} s | |",
+        month_end.last_round_seconds,
+        month_end.closing_round_seconds,
+        month_end.closing_compute_seconds,
+        month_end.closing_commit_seconds,
+        month_end.restore_seconds
+    );
     report.insert("provision_seconds_1m_eips".into(), json!(provision_seconds));
     report.insert("policy_apply_seconds_1m_eips".into(), json!(apply_seconds));
     println!("| policy of {EIPS} new capped EIPs written | {provision_seconds:.2} s | | |");
@@ -236,6 +301,8 @@ fn main() -> Result<()> {
             "ns_per_packet_capped_v4_above_empty": "<= 100",
             "ns_per_packet_cold_ratio_to_hot": "<= 2",
             "policy_apply_seconds_1m_eips": "< 1",
+            "first_round_seconds_1m_new_eips": "< 2",
+            "round_seconds_1m_eips_month_end": "< 1",
             "tcp_goodput_ratio_vs_htb_rtt50": ">= 0.95",
             "tcp_retransmits_per_mb_rtt50": "<= 35",
             "tcp_ecn_retransmits_per_mb_rtt50": "about 0",
