@@ -81,19 +81,23 @@ impl Dataplane {
         let published = self.flush_maps(&pending);
         let inserted = match &published {
             Ok(()) => pending.inserts.len(),
-            Err((inserted, _)) => *inserted,
+            Err(failure) => failure.written,
         };
         for (addr, slot) in &pending.inserts[inserted..] {
             self.slots.release(addr);
             self.written.forget(*slot);
         }
-        published.map_err(|(_, e)| e)
+        published.map_err(|f| DataplaneError::Batch {
+            map: f.map,
+            op: "update",
+            source: f.source,
+        })
     }
 
-    /// Returns, on an error, how many inserts made it.
-    fn flush_maps(&mut self, p: &PendingWrites) -> Result<(), (usize, DataplaneError)> {
+    /// On an error, `written` says how many inserts made it.
+    fn flush_maps(&mut self, p: &PendingWrites) -> Result<(), BatchFailure> {
         // Nothing is published before the inserts: an error there publishes none.
-        let before_inserts = |(_, e): (usize, DataplaneError)| (0, e);
+        let before_inserts = |f: BatchFailure| BatchFailure { written: 0, ..f };
         let zero_counters = vec![TrafficCounters::default(); self.nr_cpus];
         let (zero_drops, zero_bucket) = ([DropCounters::default()], [BucketPairState::default()]);
         update_batch(
@@ -162,6 +166,13 @@ impl Dataplane {
     }
 }
 
+/// A batch that failed part-way: how many entries of it were written, and why the next was not.
+struct BatchFailure {
+    written: usize,
+    map: &'static str,
+    source: io::Error,
+}
+
 /// `union bpf_attr` as used by `BPF_MAP_UPDATE_ELEM`.
 #[repr(C)]
 #[derive(Default)]
@@ -187,7 +198,7 @@ fn update_batch<'a, K: Copy, V: Copy + 'a>(
     name: &'static str,
     entries: impl Iterator<Item = (K, &'a [V])>,
     elem_flags: u64,
-) -> Result<(), (usize, DataplaneError)> {
+) -> Result<(), BatchFailure> {
     let fd = map.fd().as_fd().as_raw_fd();
     let mut keys: Vec<K> = Vec::new();
     let mut values: Vec<V> = Vec::new();
@@ -220,14 +231,11 @@ fn update_batch<'a, K: Copy, V: Copy + 'a>(
         match written {
             Ok(()) => done += keys.len(),
             Err((n, source)) => {
-                return Err((
-                    done + n,
-                    DataplaneError::Batch {
-                        map: name,
-                        op: "update",
-                        source,
-                    },
-                ));
+                return Err(BatchFailure {
+                    written: done + n,
+                    map: name,
+                    source,
+                });
             }
         }
     }

@@ -121,7 +121,9 @@ fn send(dsts: &[IpAddr]) -> Result<(u64, f64)> {
         for dst in dsts {
             socket.send_to(&[0], SocketAddr::new(*dst, 9))?;
             sent += 1;
-            if sent % 1024 == 0 && (Instant::now() > deadline || sent >= MAX_PACKETS_PER_RUN) {
+            if sent.is_multiple_of(1024)
+                && (Instant::now() > deadline || sent >= MAX_PACKETS_PER_RUN)
+            {
                 break 'outer;
             }
         }
