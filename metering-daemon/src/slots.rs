@@ -48,8 +48,6 @@ pub struct Assignment {
 pub struct Plan {
     pub add: Vec<IpAddr>,
     pub remove: Vec<IpAddr>,
-    /// Each desired address's slot now, in the order given (`None`: in `add`).
-    pub slots: Vec<Option<u32>>,
 }
 
 #[derive(Debug)]
@@ -171,17 +169,12 @@ impl SlotTable {
     pub fn plan(&self, desired: &[IpAddr]) -> Plan {
         let mut kept = vec![false; self.owner.len()];
         let mut add = Vec::new();
-        let slots = desired
-            .iter()
-            .map(|addr| {
-                let slot = self.slot(addr);
-                match slot {
-                    Some(slot) => kept[slot as usize] = true,
-                    None => add.push(*addr),
-                }
-                slot
-            })
-            .collect();
+        for addr in desired {
+            match self.slot(addr) {
+                Some(slot) => kept[slot as usize] = true,
+                None => add.push(*addr),
+            }
+        }
         let mut remove: Vec<IpAddr> = self
             .owner
             .iter()
@@ -189,7 +182,7 @@ impl SlotTable {
             .filter_map(|(owner, kept)| owner.filter(|_| !kept))
             .collect();
         remove.sort();
-        Plan { add, remove, slots }
+        Plan { add, remove }
     }
 }
 
@@ -277,6 +270,5 @@ mod tests {
         let p = t.plan(&[ip("192.0.2.2"), ip("192.0.2.3")]);
         assert_eq!(p.add, vec![ip("192.0.2.3")]);
         assert_eq!(p.remove, vec![ip("192.0.2.1")]);
-        assert_eq!(p.slots, vec![Some(1), None]);
     }
 }

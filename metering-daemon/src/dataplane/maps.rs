@@ -88,26 +88,11 @@ impl Dataplane {
             let (last, drops) = self.remove_eip(addr)?;
             report.removed.push((addr, last, drops));
         }
-        let mut pending = PendingWrites::default();
-        for ((addr, eip_plan), slot) in desired.eips.iter().zip(plan.slots) {
-            let staged = match slot {
-                None => self
-                    .stage_add(*addr, eip_plan, desired.ecn, &mut pending)
-                    .map(|_| report.added += 1),
-                Some(slot) => {
-                    self.stage_change(*addr, slot, eip_plan, desired.ecn, &mut pending);
-                    Ok(())
-                }
-            };
-            if let Err(e) = staged {
-                // What came before is written, as if one at a time.
-                self.flush(pending)?;
-                return Err(e);
-            }
-        }
-        // Every addition stages one policy and one insert; the other policies are changes.
-        report.changed += pending.policies.len() - pending.inserts.len();
-        self.flush(pending)?;
+        self.set_eips(
+            desired.eips.iter().map(|(addr, plan)| (*addr, plan)),
+            desired.ecn,
+            &mut report,
+        )?;
 
         let wanted: std::collections::HashSet<&str> =
             desired.groups.iter().map(|(n, _)| n.as_str()).collect();
@@ -144,15 +129,38 @@ impl Dataplane {
                 report.removed.push((*addr, last, drops));
             }
         }
+        self.set_eips(
+            changes
+                .eips
+                .iter()
+                .filter_map(|(addr, plan)| plan.as_ref().map(|plan| (*addr, plan))),
+            changes.ecn,
+            &mut report,
+        )?;
+        for (name, pair) in &changes.groups {
+            if pair.is_none() {
+                self.remove_group(name, &mut report)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Adds or changes `eips`, staged and then flushed in batches ([`PendingWrites`]). If one
+    /// cannot be added (no slot left), those before it are written, as if one at a time.
+    fn set_eips<'a>(
+        &mut self,
+        eips: impl Iterator<Item = (IpAddr, &'a EipPlan)>,
+        ecn: bool,
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
         let mut pending = PendingWrites::default();
-        for (addr, plan) in &changes.eips {
-            let Some(plan) = plan else { continue };
-            let staged = match self.slots.slot(addr) {
+        for (addr, plan) in eips {
+            let staged = match self.slots.slot(&addr) {
                 None => self
-                    .stage_add(*addr, plan, changes.ecn, &mut pending)
+                    .stage_add(addr, plan, ecn, &mut pending)
                     .map(|_| report.added += 1),
                 Some(slot) => {
-                    self.stage_change(*addr, slot, plan, changes.ecn, &mut pending);
+                    self.stage_change(addr, slot, plan, ecn, &mut pending);
                     Ok(())
                 }
             };
@@ -161,14 +169,9 @@ impl Dataplane {
                 return Err(e);
             }
         }
+        // Every addition stages one policy and one insert; the other policies are changes.
         report.changed += pending.policies.len() - pending.inserts.len();
-        self.flush(pending)?;
-        for (name, pair) in &changes.groups {
-            if pair.is_none() {
-                self.remove_group(name, &mut report)?;
-            }
-        }
-        Ok(report)
+        self.flush(pending)
     }
 
     /// Stages the policy of `addr` (in `slot`) if it differs from what this process last

@@ -39,15 +39,19 @@ fn readings(eips: &[IpAddr], round: u64) -> Vec<(IpAddr, TrafficCounters)> {
         .collect()
 }
 
-pub fn measure(n: u32) -> Result<RoundFigures> {
-    let dir = tempfile::tempdir()?;
-    let calendar = Calendar::new("UTC", INTERVAL)?;
-    let mut sampler = Sampler::open(
-        calendar,
+/// The sampler over the store in `dir` (created or restored).
+fn open_sampler(dir: &tempfile::TempDir) -> Result<Sampler> {
+    Ok(Sampler::open(
+        Calendar::new("UTC", INTERVAL)?,
         SeriesOptions::default(),
         "bench".into(),
         Store::open(&dir.path().join("samples.db"))?,
-    )?;
+    )?)
+}
+
+pub fn measure(n: u32) -> Result<RoundFigures> {
+    let dir = tempfile::tempdir()?;
+    let mut sampler = open_sampler(&dir)?;
     let eips: Vec<IpAddr> = (0..n).map(eip_meter_tests::bench_eip).collect();
     for a in &eips {
         sampler.eip_added(*a, T0 - 10);
@@ -163,12 +167,7 @@ pub fn month_end(n: u32) -> Result<MonthEnd> {
         })?;
     }
     let started = Instant::now();
-    let mut sampler = Sampler::open(
-        calendar,
-        SeriesOptions::default(),
-        "bench".into(),
-        Store::open(&dir.path().join("samples.db"))?,
-    )?;
+    let mut sampler = open_sampler(&dir)?;
     let restore_seconds = started.elapsed().as_secs_f64();
     let advance = |round: u64| -> Vec<(IpAddr, TrafficCounters)> {
         let mut r = readings(&eips, 1000 + round);
