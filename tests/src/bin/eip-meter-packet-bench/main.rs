@@ -11,9 +11,11 @@
 //!   blocked, a GSO super-packet) against the floor, with the counts checked afterwards.
 //! * [`cold`]: the same path with packets spread over 100,000 EIPs, against one EIP.
 //! * [`tcp`]: goodput and retransmissions through the cap and through HTB at 10 and 50 ms.
+//! * [`forward`]: the small-packet forwarding rate with no program, counting, capped.
 
 mod cold;
 mod control;
+mod forward;
 mod kernel;
 mod tcp;
 
@@ -133,6 +135,8 @@ fn main() -> Result<()> {
         tcp::RTTS_MS
     );
     let (dp, tcp, sweep) = tcp::measure(dp, &mut desired)?;
+    eprintln!("bench: small-packet forwarding rate (context, not a target)");
+    let (dp, forwarding) = forward::measure(dp, &mut desired)?;
     dp.shutdown()?;
 
     let floor = ns
@@ -234,6 +238,18 @@ fn main() -> Result<()> {
         );
     }
     report.insert("tcp_sweep_rtt50".into(), sweep);
+    for (name, s) in forward::VARIANTS.iter().zip(&forwarding.delivered) {
+        report.insert(format!("forwarded_pps_{name}"), json!(s.median));
+        report.insert(format!("forwarded_pps_{name}_range"), s.json());
+        println!(
+            "| forwarding rate, 64-byte frames, {name} (context) | {:.0} packets/s | {:.0}-{:.0} | |",
+            s.median, s.min, s.max
+        );
+    }
+    report.insert(
+        "forwarded_pps_offered".into(),
+        json!(forwarding.offered.median),
+    );
     for (key, value) in [
         ("first_round_seconds_1m_new_eips", first.first_round_seconds),
         (
