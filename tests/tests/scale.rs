@@ -132,3 +132,69 @@ fn one_million_eips_load_and_one_is_counted_exactly() {
     dataplane.shutdown().unwrap();
     assert!(!pin_dir.exists());
 }
+
+/// The batched apply keeps the one-at-a-time contract: when the slots run out part-way, the
+/// EIPs before the first refused one are published (in the kernel map and the slot table
+/// alike) and the rest are not; a removed EIP's slot, reused, starts from zero counters.
+#[test]
+fn a_full_table_mid_apply_publishes_what_came_before_and_nothing_after() {
+    use metering_daemon::dataplane::DataplaneError;
+    require_root();
+    let mut config = DataplaneConfig::with_interfaces(Vec::new());
+    config.capacity = 3;
+    config.bpffs_root = "/sys/fs/bpf/eip-meter-test".into();
+    config.instance = eip_meter_tests::unique_tag("full");
+    config.on_exit = OnExit::Detach;
+    let mut dp = Dataplane::load(&config).unwrap();
+    let addr = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xf0, 0, 0, 0, 0, i));
+    let five: Vec<IpAddr> = (1..=5).map(addr).collect();
+
+    let err = dp.apply_inventory(&five).unwrap_err();
+    assert!(
+        matches!(err, DataplaneError::Slots(_)),
+        "expected the slots to run out, got {err}"
+    );
+    for (i, a) in five.iter().enumerate() {
+        let published = dp.eip_status(*a).unwrap().is_some();
+        assert_eq!(published, i < 3, "{a}: published {published}");
+    }
+    let pinned = metering_daemon::dataplane::PinnedMaps::open(dp.pin_dir()).unwrap();
+    let mut in_kernel: Vec<IpAddr> = pinned
+        .read_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    in_kernel.sort();
+    assert_eq!(in_kernel, five[..3].to_vec(), "the kernel's EIP map");
+
+    // Counts left in a slot by a removed EIP are gone when the slot serves another.
+    let slot = dp.slots().slot(&five[0]).unwrap();
+    let counters_pin = dp.pin_dir().join(MAP_EIP_COUNTERS);
+    let mut counters: PerCpuArray<MapData, TrafficCounters> =
+        PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(&counters_pin).unwrap())).unwrap();
+    let nr_cpus = aya::util::nr_cpus().unwrap();
+    let mut dirty = vec![TrafficCounters::default(); nr_cpus];
+    dirty[0].inbound = DirectionCounters {
+        bytes: 1234,
+        packets: 1,
+    };
+    counters
+        .set(slot, PerCpuValues::try_from(dirty).unwrap(), 0)
+        .unwrap();
+    let report = dp.apply_inventory(&[five[1], five[2], five[3]]).unwrap();
+    assert_eq!((report.added, report.removed.len()), (1, 1));
+    assert_eq!(
+        report.removed[0].1.inbound.bytes, 1234,
+        "last counts of the removed EIP"
+    );
+    // The only free slot is the one just freed, dirty: the new EIP gets it, zeroed.
+    let (reused, _, fresh) = dp.eip_status(five[3]).unwrap().expect("published");
+    assert_eq!(reused, slot, "the freed slot serves the new EIP");
+    assert_eq!(
+        fresh,
+        TrafficCounters::default(),
+        "a new EIP starts from zero"
+    );
+    dp.shutdown().unwrap();
+}
