@@ -172,6 +172,27 @@ impl Topology {
         s
     }
 
+    /// Sends `count` datagrams of mixed sizes from the Internet host to `sink` (a socket at one
+    /// of the tenant's EIPs), waits `settle` for them to cross the router, and returns the
+    /// IP-layer bytes sent and what the tenant's IP layer received meanwhile: equal when the
+    /// EIP passes traffic, 0 received when it is blocked.
+    pub fn inbound_udp(
+        &self,
+        sink: SocketAddr,
+        count: usize,
+        settle: std::time::Duration,
+    ) -> Result<(u64, u64)> {
+        let received_before = crate::rx_octets(&self.tenant);
+        let sent = crate::send_udp(
+            &self.internet,
+            Self::internet_addr(sink.ip(), 0).ip(),
+            sink,
+            crate::mixed_sizes(count, sink.is_ipv6()),
+        )?;
+        std::thread::sleep(settle);
+        Ok((sent, crate::rx_octets(&self.tenant) - received_before))
+    }
+
     /// An "Internet" endpoint of the same family as `eip`.
     pub fn internet_addr(eip: IpAddr, port: u16) -> SocketAddr {
         match eip {

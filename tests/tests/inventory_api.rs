@@ -15,7 +15,7 @@ use std::{
 };
 
 use eip_meter_tests::{
-    Daemon, UdpSink, delivered_rate, mixed_sizes, require_root, rx_octets, send_udp,
+    Daemon, UdpSink, delivered_rate, require_root, rx_octets,
     topology::{Topology, TopologyOptions, eip_v4},
     traffic::{Load, iperf_spawn, iperf_wait},
     unique_tag,
@@ -135,23 +135,12 @@ fn changes_through_the_api_take_effect_under_traffic_and_counting_stays_exact() 
         &format!("/v1/eips/{eip}"),
         Some(r#"{"state": "arrears"}"#),
     );
-    let inet = Topology::internet_addr(eip, 0);
     let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(eip, 0)).unwrap();
     let before = daemon.counters().unwrap();
-    let rx_t = rx_octets(&topo.tenant);
-    let sent = send_udp(
-        &topo.internet,
-        inet.ip(),
-        sink.addr,
-        mixed_sizes(300, false),
-    )
-    .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        rx_octets(&topo.tenant),
-        rx_t,
-        "a blocked EIP received traffic"
-    );
+    let (sent, received) = topo
+        .inbound_udp(sink.addr, 300, Duration::from_millis(200))
+        .unwrap();
+    assert_eq!(received, 0, "a blocked EIP received traffic");
     let c = daemon.counters().unwrap();
     assert_eq!(c.enforcement(eip).state, "arrears");
     assert_eq!(
@@ -166,16 +155,10 @@ fn changes_through_the_api_take_effect_under_traffic_and_counting_stays_exact() 
     );
     assert!(success, "{out}");
     let counted = daemon.counters().unwrap().eip(eip).inbound_bytes;
-    let rx_t = rx_octets(&topo.tenant);
-    let sent = send_udp(
-        &topo.internet,
-        inet.ip(),
-        sink.addr,
-        mixed_sizes(300, false),
-    )
-    .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(rx_octets(&topo.tenant) - rx_t, sent);
+    let (sent, received) = topo
+        .inbound_udp(sink.addr, 300, Duration::from_millis(200))
+        .unwrap();
+    assert_eq!(received, sent);
     assert_eq!(
         daemon.counters().unwrap().eip(eip).inbound_bytes - counted,
         sent

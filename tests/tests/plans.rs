@@ -14,7 +14,7 @@ use std::{
 
 use chrono::{Datelike, Months, TimeZone, Utc};
 use eip_meter_tests::{
-    Daemon, UdpSink, mixed_sizes, require_root, rx_octets, send_udp,
+    Daemon, UdpSink, mixed_sizes, require_root, send_udp,
     topology::{Topology, TopologyOptions, eip_v4},
 };
 use serde_json::Value;
@@ -90,26 +90,15 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
         "{v}"
     );
 
-    let inet = Topology::internet_addr(pkg, 0);
     let sink = UdpSink::bind(&topo.tenant, SocketAddr::new(pkg, 0)).unwrap();
-    let rx = rx_octets(&topo.tenant);
-    let sent = send_udp(
-        &topo.internet,
-        inet.ip(),
-        sink.addr,
-        mixed_sizes(100, false),
-    )
-    .unwrap();
-    thread::sleep(Duration::from_millis(100));
+    let (sent, received) = topo
+        .inbound_udp(sink.addr, 100, Duration::from_millis(100))
+        .unwrap();
     assert!(
         now() < expiry as f64,
         "the test was too slow to send before the expiry"
     );
-    assert_eq!(
-        rx_octets(&topo.tenant) - rx,
-        sent,
-        "delivered before the expiry"
-    );
+    assert_eq!(received, sent, "delivered before the expiry");
 
     // Blocked at its second, without any call.
     let mut blocked_at = None;
@@ -128,20 +117,10 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
     );
     assert!(blocked_at - (expiry as f64) < 1.0);
     let before = daemon.counters().unwrap();
-    let rx = rx_octets(&topo.tenant);
-    let sent = send_udp(
-        &topo.internet,
-        inet.ip(),
-        sink.addr,
-        mixed_sizes(100, false),
-    )
-    .unwrap();
-    thread::sleep(Duration::from_millis(150));
-    assert_eq!(
-        rx_octets(&topo.tenant),
-        rx,
-        "an expired package passed traffic"
-    );
+    let (sent, received) = topo
+        .inbound_udp(sink.addr, 100, Duration::from_millis(150))
+        .unwrap();
+    assert_eq!(received, 0, "an expired package passed traffic");
     let after = daemon.counters().unwrap();
     assert_eq!(
         after.enforcement(pkg).inbound_drops.blocked_bytes
@@ -157,20 +136,10 @@ fn a_package_stops_at_its_expiry_second_renewal_restores_it_and_release_removes_
     );
     assert_eq!(v["changed"], 1);
     assert_eq!(daemon.counters().unwrap().enforcement(pkg).state, "active");
-    let rx = rx_octets(&topo.tenant);
-    let sent = send_udp(
-        &topo.internet,
-        inet.ip(),
-        sink.addr,
-        mixed_sizes(100, false),
-    )
-    .unwrap();
-    thread::sleep(Duration::from_millis(150));
-    assert_eq!(
-        rx_octets(&topo.tenant) - rx,
-        sent,
-        "renewed, delivered again"
-    );
+    let (sent, received) = topo
+        .inbound_udp(sink.addr, 100, Duration::from_millis(150))
+        .unwrap();
+    assert_eq!(received, sent, "renewed, delivered again");
 
     // Arrears: blocked, then released after the 3 s retention; its traffic is then nobody's.
     let out = daemon
