@@ -110,16 +110,21 @@ pub struct ChargeLine {
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
+/// The price file's entry for `plan`, or the error that names the subject without one.
+fn price_of<T>(price: Option<T>, subject: &str, plan: &'static str) -> Result<T, RateError> {
+    price.ok_or_else(|| RateError::NoPrices {
+        subject: subject.to_owned(),
+        plan,
+    })
+}
+
 fn priced(
     tariff: Option<&Tariff>,
     subject: &str,
     plan: &'static str,
     mbps: u64,
 ) -> Result<Decimal, RateError> {
-    let tariff = tariff.ok_or_else(|| RateError::NoPrices {
-        subject: subject.to_owned(),
-        plan,
-    })?;
+    let tariff = price_of(tariff, subject, plan)?;
     tariff.price(mbps).ok_or_else(|| RateError::NoSize {
         subject: subject.to_owned(),
         plan,
@@ -263,10 +268,7 @@ pub fn traffic(
     calendar: &Calendar,
     window: Window,
 ) -> Result<Vec<ChargeLine>, RateError> {
-    let prices = prices.ok_or_else(|| RateError::NoPrices {
-        subject: subject.to_owned(),
-        plan: "traffic",
-    })?;
+    let prices = price_of(prices, subject, "traffic")?;
     let mut outbound: BTreeMap<NaiveDate, u64> = BTreeMap::new();
     for (key, f) in days {
         outbound.insert(day_of(subject, key)?, f.outbound_bytes);
@@ -355,40 +357,34 @@ pub fn enhanced95(
     calendar: &Calendar,
     window: Window,
 ) -> Result<Vec<ChargeLine>, RateError> {
-    let price = price.ok_or_else(|| RateError::NoPrices {
-        subject: subject.to_owned(),
-        plan: "enhanced95",
-    })?;
-    let mut lines = Vec::new();
-    for (key, month, (start, end), f) in settled_months(subject, months, calendar, window)? {
-        let billed = f.billed_peak_mbps.unwrap_or(f.enhanced_avg_peak_mbps);
-        let days = Decimal::from(month.days());
-        // billed x price x (in-use seconds / 86400) / days, as one division.
-        let exact = Decimal::from(billed) * price * Decimal::from(f.in_use_seconds)
-            / (Decimal::from(DAY) * days);
-        lines.push(ChargeLine {
-            subject: subject.to_owned(),
-            plan: "enhanced95",
-            item: "month",
-            from: start,
-            to: end,
-            settled_at: end,
-            quantity: Decimal::from(billed),
-            unit: "Mbit/s",
-            unit_price: price,
-            exact,
-            amount: settle(exact),
-            figures: json!({
-                "month": key,
-                "billed_peak_mbps": billed,
-                "average_peak_mbps": f.enhanced_avg_peak_mbps,
-                "baseline_mbps": f.baseline_mbps,
-                "in_use_days": Decimal::from(f.in_use_seconds) / Decimal::from(DAY),
-                "calendar_days": month.days(),
-            }),
-        });
-    }
-    Ok(lines)
+    let price = price_of(price, subject, "enhanced95")?;
+    monthly_lines(
+        subject,
+        "enhanced95",
+        months,
+        calendar,
+        window,
+        |key, month, f| {
+            let billed = f.billed_peak_mbps.unwrap_or(f.enhanced_avg_peak_mbps);
+            let days = Decimal::from(month.days());
+            // billed x price x (in-use seconds / 86400) / days, as one division.
+            let exact = Decimal::from(billed) * price * Decimal::from(f.in_use_seconds)
+                / (Decimal::from(DAY) * days);
+            MonthCharge {
+                quantity: Decimal::from(billed),
+                unit_price: price,
+                exact,
+                figures: json!({
+                    "month": key,
+                    "billed_peak_mbps": billed,
+                    "average_peak_mbps": f.enhanced_avg_peak_mbps,
+                    "baseline_mbps": f.baseline_mbps,
+                    "in_use_days": Decimal::from(f.in_use_seconds) / Decimal::from(DAY),
+                    "calendar_days": month.days(),
+                }),
+            }
+        },
+    )
 }
 
 /// Classic 95th: the month's 95th (Mbit/s = 10^6 bit/s, not truncated) x the price, settled
@@ -400,30 +396,55 @@ pub fn p95(
     calendar: &Calendar,
     window: Window,
 ) -> Result<Vec<ChargeLine>, RateError> {
-    let price = price.ok_or_else(|| RateError::NoPrices {
-        subject: subject.to_owned(),
-        plan: "p95",
-    })?;
-    let mut lines = Vec::new();
-    for (key, _, (start, end), f) in settled_months(subject, months, calendar, window)? {
+    let price = price_of(price, subject, "p95")?;
+    monthly_lines(subject, "p95", months, calendar, window, |key, _, f| {
         let mbps = Decimal::from(f.p95_bps) / Decimal::from(1_000_000u64);
-        let exact = mbps * price;
-        lines.push(ChargeLine {
-            subject: subject.to_owned(),
-            plan: "p95",
-            item: "month",
-            from: start,
-            to: end,
-            settled_at: end,
+        MonthCharge {
             quantity: mbps,
-            unit: "Mbit/s",
             unit_price: price,
-            exact,
-            amount: settle(exact),
+            exact: mbps * price,
             figures: json!({ "month": key, "p95_bps": f.p95_bps, "samples": f.samples }),
-        });
-    }
-    Ok(lines)
+        }
+    })
+}
+
+/// What a monthly plan charges for one settled month.
+struct MonthCharge {
+    quantity: Decimal,
+    unit_price: Decimal,
+    exact: Decimal,
+    figures: serde_json::Value,
+}
+
+/// One line per month settled in `window`, in Mbit/s, from `charge`.
+fn monthly_lines(
+    subject: &str,
+    plan: &'static str,
+    months: &BTreeMap<String, MonthFigures>,
+    calendar: &Calendar,
+    window: Window,
+    charge: impl Fn(&str, Month, &MonthFigures) -> MonthCharge,
+) -> Result<Vec<ChargeLine>, RateError> {
+    Ok(settled_months(subject, months, calendar, window)?
+        .into_iter()
+        .map(|(key, month, (start, end), f)| {
+            let c = charge(key, month, f);
+            ChargeLine {
+                subject: subject.to_owned(),
+                plan,
+                item: "month",
+                from: start,
+                to: end,
+                settled_at: end,
+                quantity: c.quantity,
+                unit: "Mbit/s",
+                unit_price: c.unit_price,
+                exact: c.exact,
+                amount: settle(c.exact),
+                figures: c.figures,
+            }
+        })
+        .collect())
 }
 
 /// Everything one subject's plan is rated from.
