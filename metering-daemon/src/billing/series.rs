@@ -312,6 +312,21 @@ impl Series {
         Ok(())
     }
 
+    /// Warms the cache with what the next [`Series::push`] reads outside the series itself
+    /// (its heaps' roots, the month's daily peaks): see [`TopK::prefetch`].
+    pub fn prefetch(&self) {
+        if let Some(day) = &self.day {
+            day.top5.prefetch();
+            day.top_p95.prefetch();
+        }
+        if let Some(month) = &self.month {
+            month.top_p95.prefetch();
+            if let Some(first) = month.daily_peaks_mbps.first() {
+                super::topk::prefetch(std::ptr::from_ref(first).cast());
+            }
+        }
+    }
+
     /// Makes the day and month of `t` the open ones, closing those before.
     fn enter(&mut self, t: i64) {
         if self

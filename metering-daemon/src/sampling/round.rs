@@ -29,6 +29,10 @@ fn checkpoint_turn(store_id: u32, boundary: i64, calendar: &Calendar) -> bool {
     u64::from(store_id) % per_day == round % per_day
 }
 
+/// How many EIPs ahead a round warms the cache with a series' state (see
+/// [`Series::prefetch`]): far enough for the fetches to arrive, near enough to stay cached.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Whether every uplink was metered for the whole of a round's interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Coverage {
@@ -250,8 +254,8 @@ impl Sampler {
         let mut next_id = self.store.next_id();
         let mut undo: Vec<(usize, Option<Snapshot>, Option<i64>)> =
             Vec::with_capacity(readings.len());
-        let mut closed: Vec<(IpAddr, Closed)> = Vec::new();
-        let mut to_checkpoint: Vec<usize> = Vec::new();
+        let mut closed: Vec<(u32, Closed)> = Vec::new();
+        let mut to_checkpoint: Vec<(u32, usize)> = Vec::new();
         let mut order: Vec<usize> = Vec::with_capacity(readings.len());
         let mut in_order = true;
         let mut partial = 0;
@@ -261,6 +265,9 @@ impl Sampler {
         let step = i64::from(self.calendar.interval());
         let mut first_start = boundary - step;
         for (position, (eip, counters)) in readings.iter().enumerate() {
+            if let Some(ahead) = self.states.get(position + PREFETCH_AHEAD) {
+                ahead.series.prefetch();
+            }
             let i = if self.states.get(position).is_some_and(|s| s.eip == *eip) {
                 position
             } else {
@@ -330,10 +337,10 @@ impl Sampler {
             sample_count += new.len();
             let c = st.series.take_closed();
             if !c.days.is_empty() || !c.months.is_empty() {
-                closed.push((*eip, c));
+                closed.push((id, c));
             }
             if st.snapshot.is_none() || checkpoint_turn(id, boundary, &calendar) {
-                to_checkpoint.push(i);
+                to_checkpoint.push((id, i));
             }
             undo.push((i, st.snapshot.replace(now), st.first_seen.take()));
         }
@@ -360,9 +367,9 @@ impl Sampler {
         let snapshot_blob = self.snapshot_blob(boundary);
         // Each series is checkpointed once a day, staggered over the day's rounds (about
         // 1/288 of the EIPs per round), and when new: a restart replays at most a day of samples.
-        let checkpoint: Vec<(IpAddr, &Series)> = to_checkpoint
+        let checkpoint: Vec<(u32, &Series)> = to_checkpoint
             .iter()
-            .map(|&i| (self.states[i].eip, &self.states[i].series))
+            .map(|&(id, i)| (id, &self.states[i].series))
             .collect();
         let group_records = self.groups.records();
         let committed = self.store.commit_round(RoundRecords {
@@ -450,6 +457,7 @@ impl Sampler {
         let mut samples_blob = Vec::new();
         let mut new_ids = Vec::new();
         let mut closed = Vec::with_capacity(removed.len());
+        let mut forget = Vec::with_capacity(removed.len());
         let mut opened = Vec::new();
         let mut presence_closed = Vec::with_capacity(removed.len());
         let mut first_start = boundary;
@@ -477,7 +485,7 @@ impl Sampler {
             }
             let st = &mut self.states[i];
             st.series.close();
-            closed.push((*eip, st.series.take_closed()));
+            let figures = st.series.take_closed();
             let id = match st.store_id {
                 Some(id) => id,
                 None => {
@@ -487,6 +495,8 @@ impl Sampler {
                     id
                 }
             };
+            closed.push((id, figures));
+            forget.push(id);
             for s in &new {
                 store::encode_sample(&mut samples_blob, id, boundary, s);
             }
@@ -506,7 +516,6 @@ impl Sampler {
             all.into_iter().partition(|st| gone.contains(&st.eip));
         self.states = staying;
         let snapshot_blob = self.snapshot_blob(boundary);
-        let forget: Vec<IpAddr> = removed.iter().map(|(e, _)| *e).collect();
         let result = self.store.commit_removal(
             RoundRecords {
                 host: &self.host,
@@ -537,11 +546,10 @@ impl Sampler {
 
     /// Checkpoints every series (clean shutdown: the next start replays nothing).
     pub fn checkpoint_all(&mut self) -> Result<(), StoreError> {
-        let all: Vec<(IpAddr, &Series)> = self
+        let all: Vec<(u32, &Series)> = self
             .states
             .iter()
-            .filter(|s| s.store_id.is_some())
-            .map(|s| (s.eip, &s.series))
+            .filter_map(|s| Some((s.store_id?, &s.series)))
             .collect();
         let last = self.last_boundary().unwrap_or(0);
         let snapshot_blob = self.snapshot_blob(last);

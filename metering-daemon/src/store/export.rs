@@ -79,7 +79,7 @@ impl Store {
             let boundary: i64 = row.get(3).map_err(sql("read samples"))?;
             let blob = read_records(&self.samples_file(seq), bytes)?;
             for (id, s) in decode_samples(&blob, boundary) {
-                let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
+                let eip = self.address_of(id).ok_or_else(|| StoreError::Corrupt {
                     what: "sample",
                     eip: id.to_string(),
                     detail: "unknown EIP id".into(),

@@ -34,7 +34,7 @@ impl Store {
         for r in blob.chunks_exact(SNAPSHOT_RECORD) {
             let u64_at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
             let id = u32::from_le_bytes(r[0..4].try_into().expect("4 bytes"));
-            let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
+            let eip = self.address_of(id).ok_or_else(|| StoreError::Corrupt {
                 what: "snapshot",
                 eip: id.to_string(),
                 detail: "unknown EIP id".into(),
@@ -85,7 +85,7 @@ impl Store {
                 detail,
             })?;
             for (id, payload) in records {
-                if self.checkpoint_seq.get(&id) == Some(&seq) {
+                if self.checkpoint_seq.get(id) == Some(seq) {
                     let s = postcard::from_bytes::<Series>(payload)
                         .map_err(|e| corrupt(id, e.to_string()))?;
                     series.insert(id, s.with_calendar(calendar));
@@ -123,11 +123,21 @@ impl Store {
                 }
             }
         }
-        let mut out = Vec::new();
+        // In id order (the order rounds registered them, which is how readings usually come):
+        // the first round after a restart then walks the states in order instead of moving
+        // them all.
+        let mut series: Vec<(u32, Series)> = series.into_iter().collect();
+        series.sort_unstable_by_key(|(id, _)| *id);
+        let mut out = Vec::with_capacity(series.len());
         for (id, mut s) in series {
             // Anything that closed during the replay was committed when it first closed.
             let _ = s.take_closed();
-            out.push((self.addresses[&id], s));
+            let eip = self.address_of(id).ok_or_else(|| StoreError::Corrupt {
+                what: "checkpoint",
+                eip: id.to_string(),
+                detail: "unknown EIP id".into(),
+            })?;
+            out.push((eip, s));
         }
         Ok(out)
     }

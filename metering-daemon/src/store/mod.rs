@@ -2,26 +2,29 @@
 //! checkpoints, and closed daily and monthly figures.
 //!
 //! Each sampling round is one transaction: its samples, the full counter snapshot they were
-//! computed from and the series checkpoints due that round are written as records to fsynced
-//! files beside the database (`rounds/<seq>.samples`, `rounds/<seq>.snapshot`,
-//! `rounds/<seq>.checkpoints`) and made part of the store by one SQLite transaction that records
-//! them. Only small rows go through SQLite: at 1,000,000 EIPs a round checkpoints about 3,500
-//! series of a few KiB each, which as rows rewrote whole B-tree pages and cost more than the
-//! rest of the round; as one sequential file they cost one write. After a crash (even `kill -9` mid-round) the next round starts
-//! from the last committed snapshot: no byte is lost (the kernel kept counting) and no sample is
-//! written twice; files of an uncommitted round are removed at open.
+//! computed from, the EIPs it registers, the series checkpoints due that round and the figures
+//! that closed are written as records to fsynced files beside the database
+//! (`rounds/<seq>.samples`, `.snapshot`, `.eips`, `.checkpoints`, `.figures`) and made part of
+//! the store by one SQLite transaction that records them. Only small rows go through SQLite,
+//! never one per EIP on the paths that touch every EIP: a million new EIPs' registrations,
+//! presence and checkpoint references were 3,000,000 rows (2.5 s of their first round), and a
+//! month end's figures 2,000,000 JSON rows (4 s); as files each is one sequential write, and the
+//! checkpoints and figures are encoded and written on a thread beside the rest. After a crash
+//! (even `kill -9` mid-round) the next round starts from the last committed snapshot: no byte
+//! is lost (the kernel kept counting) and no sample is written twice; files of an uncommitted
+//! round are removed at open.
 //! `eip-meter samples` exports the raw samples in the CSV format `eip-meter compute` reads.
-
 //!
 //! | file         | job                                                                    |
 //! |--------------|------------------------------------------------------------------------|
-//! | `records.rs` | the fixed-size sample and snapshot records, checkpoint records, files   |
+//! | `records.rs` | the fixed-size sample and snapshot records, checkpoint and figure records, files |
 //! | `commit.rs`  | one round (or an EIP's removal) in one transaction                      |
 //! | `load.rs`    | what a restart restores: snapshots, series (checkpoints + replay), groups |
 //! | `figures.rs` | closed daily and monthly figures, for reports                           |
 //! | `export.rs`  | the samples as CSV (the input of `eip-meter compute`)                   |
 //! | `gaps.rs`    | the uplinks' metering gaps                                              |
 //! | `inventory.rs` | the inventory as applied, its history and the audit trail             |
+//! | `registrations.rs` | the EIPs a commit registers, and the presence ranges they opened   |
 
 mod commit;
 mod export;
@@ -31,6 +34,7 @@ mod inventory;
 mod load;
 pub mod postgres;
 mod records;
+mod registrations;
 mod ship;
 pub mod staging;
 #[cfg(test)]
@@ -100,11 +104,28 @@ CREATE TABLE IF NOT EXISTS snapshot (
 CREATE TABLE IF NOT EXISTS checkpoints (eip INTEGER PRIMARY KEY, series TEXT NOT NULL);
 -- Each EIP's latest checkpoint is in rounds/<seq>.checkpoints. Keyed by the EIP's turn in the
 -- daily checkpoint rotation first, so the ~1/288 of the EIPs a round checkpoints are adjacent
--- rows: a round dirties a page or two, not every page of the table.
+-- rows: a round dirties a page or two, not every page of the table. A negative seq: the
+-- EIP's checkpoint was forgotten by that commit (it overrides a range below).
 CREATE TABLE IF NOT EXISTS checkpoint_refs (
     turn INTEGER NOT NULL, eip INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (turn, eip)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoint_files (seq INTEGER PRIMARY KEY, bytes INTEGER NOT NULL);
+-- A run of consecutive ids all checkpointed in one file (a million new EIPs, a shutdown):
+-- one row instead of a row each. An EIP's latest checkpoint is in the highest seq that a
+-- `checkpoint_refs` row or a range gives it.
+CREATE TABLE IF NOT EXISTS checkpoint_ranges (
+    seq INTEGER NOT NULL, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL,
+    PRIMARY KEY (seq, first_id));
+-- EIPs registered by a commit: rounds/<seq>.eips holds the addresses of ids
+-- first_id .. first_id + count - 1, each with the presence range it opened (which then has no
+-- `presence` row until it closes). `eips` holds those registered before these files.
+CREATE TABLE IF NOT EXISTS eip_files (
+    seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL);
+-- Closed figures of EIPs: rounds/<seq>.figures, one file per round that closed any (a later
+-- record of the same EIP and period replaces an earlier one). The two tables after it hold
+-- those of stores written before figure files, still read.
+CREATE TABLE IF NOT EXISTS figure_files (seq INTEGER PRIMARY KEY, bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS daily_figures (
     eip INTEGER NOT NULL, day TEXT NOT NULL, figures TEXT NOT NULL, PRIMARY KEY (day, eip));
 CREATE TABLE IF NOT EXISTS monthly_figures (
@@ -169,12 +190,13 @@ pub struct Store {
     files: PathBuf,
     next_seq: i64,
     ids: FastMap<IpAddr, u32>,
-    addresses: FastMap<u32, IpAddr>,
+    /// Every registered EIP by id: ids are dense from 1, so the address of id `n` is at `n - 1`.
+    addresses: Vec<IpAddr>,
     /// Whether JSON checkpoint rows of the earlier format remain (each is dropped when its
     /// EIP is next checkpointed).
     legacy_checkpoints: bool,
     /// The file (seq) holding each EIP's latest checkpoint, as `checkpoint_refs` says.
-    checkpoint_seq: FastMap<u32, i64>,
+    checkpoint_seq: CheckpointIndex,
     /// How many EIPs' latest checkpoint each file holds: a file at zero is deleted.
     checkpoint_live: std::collections::BTreeMap<i64, u64>,
     /// Rounds per day: the checkpoint rotation's length (the `turn` of `checkpoint_refs`).
@@ -277,7 +299,13 @@ impl Store {
         let last_round: i64 = conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM rounds", [], |r| r.get(0))
             .map_err(open_err)?;
-        let next_seq = last_round.max(snapshot_seq.unwrap_or(0)) + 1;
+        let figure_files = file_seqs(&conn, "figure_files", "read figure files")?;
+        let eip_files = file_seqs(&conn, "eip_files", "read registration files")?;
+        let next_seq = last_round
+            .max(eip_files.last().copied().unwrap_or(0))
+            .max(snapshot_seq.unwrap_or(0))
+            .max(figure_files.last().copied().unwrap_or(0))
+            + 1;
         let mut checkpoint_live: std::collections::BTreeMap<i64, u64> = pair_rows::<i64, i64>(
             &conn,
             "SELECT seq, bytes FROM checkpoint_files",
@@ -286,15 +314,9 @@ impl Store {
         .into_iter()
         .map(|(seq, _)| (seq, 0))
         .collect();
-        let checkpoint_seq: FastMap<u32, i64> = pair_rows::<u32, i64>(
-            &conn,
-            "SELECT eip, seq FROM checkpoint_refs",
-            "read checkpoint refs",
-        )?
-        .into_iter()
-        .collect();
-        for seq in checkpoint_seq.values() {
-            *checkpoint_live.entry(*seq).or_default() += 1;
+        let checkpoint_seq = CheckpointIndex::from(latest_checkpoints(&conn)?);
+        for seq in checkpoint_seq.files() {
+            *checkpoint_live.entry(seq).or_default() += 1;
         }
         let legacy_checkpoints: bool = conn
             .query_row("SELECT EXISTS (SELECT 1 FROM checkpoints)", [], |r| {
@@ -312,6 +334,10 @@ impl Store {
                     .parse::<i64>()
                     .map_or(true, |s| !checkpoint_live.contains_key(&s)),
                 Some((seq, "groups")) => seq.parse::<i64>().ok() != groups_seq,
+                Some((seq, "eips")) => seq.parse::<i64>().map_or(true, |s| !eip_files.contains(&s)),
+                Some((seq, "figures")) => seq
+                    .parse::<i64>()
+                    .map_or(true, |s| !figure_files.contains(&s)),
                 _ => false,
             };
             if orphan {
@@ -323,7 +349,7 @@ impl Store {
             files,
             next_seq,
             ids: FastMap::default(),
-            addresses: FastMap::default(),
+            addresses: Vec::new(),
             legacy_checkpoints,
             checkpoint_seq,
             checkpoint_live,
@@ -338,16 +364,20 @@ impl Store {
     /// Reads the EIP ids added since this connection last looked (all of them at open): a
     /// reader kept open beside the daemon sees the EIPs the daemon adds later.
     pub fn load_addresses(&mut self) -> Result<(), StoreError> {
-        let known = self.addresses.keys().max().map_or(-1, |&id| i64::from(id));
-        let rows = pair_rows::<u32, String>(
-            &self.conn,
-            &format!("SELECT id, address FROM eips WHERE id > {known}"),
-            "read EIP ids",
-        )?;
-        for (id, address) in rows {
-            let eip = parse_eip(&address)?;
+        let known = self.addresses.len() as i64;
+        let registered = self.registered_after(known)?;
+        self.ids.reserve(registered.len());
+        self.addresses.reserve(registered.len());
+        for (id, eip) in registered {
+            if i64::from(id) != self.addresses.len() as i64 + 1 {
+                return Err(StoreError::Corrupt {
+                    what: "registration",
+                    eip: eip.to_string(),
+                    detail: format!("id {id} after {} registered EIPs", self.addresses.len()),
+                });
+            }
             self.ids.insert(eip, id);
-            self.addresses.insert(id, eip);
+            self.addresses.push(eip);
         }
         Ok(())
     }
@@ -422,12 +452,20 @@ impl Store {
         self.files.join(format!("{seq:012}.snapshot"))
     }
 
+    pub(super) fn registrations_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.eips"))
+    }
+
+    pub(super) fn figures_file(&self, seq: i64) -> PathBuf {
+        self.files.join(format!("{seq:012}.figures"))
+    }
+
     pub(super) fn groups_file(&self, seq: i64) -> PathBuf {
         self.files.join(format!("{seq:012}.groups"))
     }
 
     /// Bytes the store holds on disk: the database and its log, and every record file
-    /// (samples, snapshot, checkpoints, groups).
+    /// (samples, snapshot, checkpoints, groups, figures).
     pub fn disk_bytes(&self) -> Result<u64, StoreError> {
         let live: i64 = self
             .conn
@@ -436,7 +474,9 @@ impl Store {
                 "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM rounds)
                       + (SELECT COALESCE(SUM(bytes), 0) FROM snapshot)
                       + (SELECT COALESCE(SUM(bytes), 0) FROM checkpoint_files)
-                      + (SELECT COALESCE(SUM(bytes), 0) FROM group_state)",
+                      + (SELECT COALESCE(SUM(bytes), 0) FROM group_state)
+                      + (SELECT COALESCE(SUM(bytes), 0) FROM figure_files)
+                      + (SELECT COALESCE(SUM(bytes), 0) FROM eip_files)",
                 [],
                 |r| r.get(0),
             )
@@ -463,10 +503,107 @@ impl Store {
         self.ids.get(eip).copied()
     }
 
+    /// The address of EIP `id`.
+    pub(super) fn address_of(&self, id: u32) -> Option<IpAddr> {
+        self.addresses.get((id as usize).checked_sub(1)?).copied()
+    }
+
     /// The id the next new EIP gets.
     pub fn next_id(&self) -> u32 {
         self.ids.len() as u32 + 1
     }
+}
+
+/// The file (seq) holding each EIP's latest checkpoint, by id: ids are dense from 1, so a vector
+/// (a million new EIPs are a million appends, not a million hash inserts).
+#[derive(Debug, Default)]
+pub(super) struct CheckpointIndex(Vec<i64>);
+
+impl CheckpointIndex {
+    pub(super) fn get(&self, id: u32) -> Option<i64> {
+        self.0.get(id as usize).copied().filter(|&seq| seq > 0)
+    }
+
+    pub(super) fn set(&mut self, id: u32, seq: Option<i64>) {
+        let i = id as usize;
+        if self.0.len() <= i {
+            self.0.resize(i + 1, 0);
+        }
+        self.0[i] = seq.unwrap_or(0);
+    }
+
+    /// The file of every EIP that has a checkpoint.
+    pub(super) fn files(&self) -> impl Iterator<Item = i64> + '_ {
+        self.0.iter().copied().filter(|&seq| seq > 0)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.files().count()
+    }
+}
+
+impl From<FastMap<u32, i64>> for CheckpointIndex {
+    fn from(latest: FastMap<u32, i64>) -> Self {
+        let mut index = Self::default();
+        index
+            .0
+            .reserve(latest.keys().max().map_or(0, |&id| id as usize + 1));
+        for (id, seq) in latest {
+            index.set(id, Some(seq));
+        }
+        index
+    }
+}
+
+/// Where each EIP's latest checkpoint is: the highest seq its `checkpoint_refs` row or a
+/// `checkpoint_ranges` row gives it; none when that is a forgetting (negative) row.
+fn latest_checkpoints(conn: &Connection) -> Result<FastMap<u32, i64>, StoreError> {
+    let mut latest: FastMap<u32, i64> = pair_rows::<u32, i64>(
+        conn,
+        "SELECT eip, seq FROM checkpoint_refs",
+        "read checkpoint refs",
+    )?
+    .into_iter()
+    .collect();
+    let mut stmt = conn
+        .prepare("SELECT seq, first_id, last_id FROM checkpoint_ranges")
+        .map_err(sql("read checkpoint ranges"))?;
+    let ranges = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u32>(2)?,
+            ))
+        })
+        .map_err(sql("read checkpoint ranges"))?;
+    for range in ranges {
+        let (seq, first, last) = range.map_err(sql("read checkpoint ranges"))?;
+        latest.reserve((last - first + 1) as usize);
+        for id in first..=last {
+            let at = latest.entry(id).or_insert(seq);
+            if at.abs() < seq {
+                *at = seq;
+            }
+        }
+    }
+    latest.retain(|_, seq| *seq > 0);
+    Ok(latest)
+}
+
+/// The commits whose record files a `<table>` (seq, .., bytes) refers to.
+fn file_seqs(
+    conn: &Connection,
+    table: &str,
+    op: &'static str,
+) -> Result<std::collections::BTreeSet<i64>, StoreError> {
+    Ok(
+        pair_rows::<i64, i64>(conn, &format!("SELECT seq, bytes FROM {table}"), op)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect(),
+    )
 }
 
 /// Every row of a two-column query.

@@ -5,10 +5,13 @@
 use std::{io::Write as _, path::Path};
 
 use super::StoreError;
+use chrono::NaiveDate;
+
 use crate::billing::{
     SampleState,
+    calendar::Month,
     samples::Snapshot,
-    series::{Sample, Series},
+    series::{Closed, DayFigures, MonthFigures, Sample, Series},
 };
 
 /// Fixed-size little-endian records, so a round of 1,000,000 EIPs is one 33 MB row rather than
@@ -164,4 +167,278 @@ pub(super) fn decode_groups(blob: &[u8]) -> Result<Vec<(String, &[u8])>, String>
         rest = &rest[at + 4 + len..];
     }
     Ok(out)
+}
+
+/// One closed day's or month's figures of an EIP, as a figures file holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum FigureRecord {
+    Day(u32, NaiveDate, DayFigures),
+    Month(u32, Month, MonthFigures),
+}
+
+// The figures as plain tuples: postcard is not self-describing, so the `skip_serializing_if`
+// that keeps the JSON output short would make the figures themselves undecodable.
+type DayTuple = (
+    u32,
+    u32,
+    u32,
+    u32,
+    u64,
+    u64,
+    f64,
+    u64,
+    u64,
+    u64,
+    u64,
+    Option<u64>,
+);
+type MonthTuple = (
+    (u32, u32, u32, u32, u32),
+    (u64, u64, f64, u64, u64, f64, u64),
+    (Option<u64>, Option<u64>),
+);
+
+/// Appends the closed figures of EIP `id`: per figure `id (u32 LE), kind (0 day: i32 LE days
+/// since 1970-01-01; 1 month: i32 LE year, u8 month), payload length (u32 LE), postcard
+/// payload`. Fixed binary records: a month end closes a day and a month for every EIP, and
+/// 2,000,000 JSON rows took 4 s of the round.
+pub(super) fn encode_figures(out: &mut Vec<u8>, id: u32, closed: &Closed) {
+    for (date, f) in &closed.days {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.push(0);
+        let days = (*date - epoch()).num_days();
+        out.extend_from_slice(&(days as i32).to_le_bytes());
+        let tuple: DayTuple = (
+            f.samples,
+            f.measured_samples,
+            f.partial_samples,
+            f.missing_samples,
+            f.inbound_bytes,
+            f.outbound_bytes,
+            f.outbound_gb,
+            f.enhanced_peak_mbps,
+            f.enhanced_peak_bps,
+            f.p95_bps,
+            f.in_use_seconds,
+            f.max_bandwidth_mbps,
+        );
+        append_payload(out, &tuple);
+    }
+    for (month, f) in &closed.months {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.push(1);
+        out.extend_from_slice(&month.year.to_le_bytes());
+        out.push(month.month as u8);
+        let tuple: MonthTuple = (
+            (
+                f.samples,
+                f.measured_samples,
+                f.partial_samples,
+                f.missing_samples,
+                f.days,
+            ),
+            (
+                f.inbound_bytes,
+                f.outbound_bytes,
+                f.outbound_gb,
+                f.enhanced_avg_peak_mbps,
+                f.p95_bps,
+                f.in_use_days,
+                f.in_use_seconds,
+            ),
+            (f.baseline_mbps, f.billed_peak_mbps),
+        );
+        append_payload(out, &tuple);
+    }
+}
+
+/// Day numbers in figure records count from here.
+fn epoch() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date")
+}
+
+fn append_payload<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    *out = postcard::to_extend(value, std::mem::take(out)).expect("figures serialize");
+    let len = u32::try_from(out.len() - start - 4).expect("figures are small");
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The records of a figures file, in the order they were written.
+pub(super) fn decode_figures(blob: &[u8]) -> Result<Vec<FigureRecord>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
+        let bytes = blob
+            .get(*at..*at + n)
+            .ok_or_else(|| format!("figure record cut short at byte {at}"))?;
+        *at += n;
+        Ok(bytes)
+    };
+    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    while at < blob.len() {
+        let record_start = at;
+        let id = u32_at(take(&mut at, 4)?);
+        let kind = take(&mut at, 1)?[0];
+        let bad = |detail: String| format!("figure record at byte {record_start}: {detail}");
+        match kind {
+            0 => {
+                let days = i32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
+                let date = epoch()
+                    .checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
+                    .ok_or_else(|| bad(format!("day {days} out of range")))?;
+                let len = u32_at(take(&mut at, 4)?) as usize;
+                let t: DayTuple =
+                    postcard::from_bytes(take(&mut at, len)?).map_err(|e| bad(e.to_string()))?;
+                out.push(FigureRecord::Day(
+                    id,
+                    date,
+                    DayFigures {
+                        samples: t.0,
+                        measured_samples: t.1,
+                        partial_samples: t.2,
+                        missing_samples: t.3,
+                        inbound_bytes: t.4,
+                        outbound_bytes: t.5,
+                        outbound_gb: t.6,
+                        enhanced_peak_mbps: t.7,
+                        enhanced_peak_bps: t.8,
+                        p95_bps: t.9,
+                        in_use_seconds: t.10,
+                        max_bandwidth_mbps: t.11,
+                    },
+                ));
+            }
+            1 => {
+                let year = i32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
+                let month = u32::from(take(&mut at, 1)?[0]);
+                if !(1..=12).contains(&month) {
+                    return Err(bad(format!("month {month}")));
+                }
+                let len = u32_at(take(&mut at, 4)?) as usize;
+                let (a, b, c): MonthTuple =
+                    postcard::from_bytes(take(&mut at, len)?).map_err(|e| bad(e.to_string()))?;
+                out.push(FigureRecord::Month(
+                    id,
+                    Month { year, month },
+                    MonthFigures {
+                        samples: a.0,
+                        measured_samples: a.1,
+                        partial_samples: a.2,
+                        missing_samples: a.3,
+                        days: a.4,
+                        inbound_bytes: b.0,
+                        outbound_bytes: b.1,
+                        outbound_gb: b.2,
+                        enhanced_avg_peak_mbps: b.3,
+                        p95_bps: b.4,
+                        in_use_days: b.5,
+                        in_use_seconds: b.6,
+                        baseline_mbps: c.0,
+                        billed_peak_mbps: c.1,
+                    },
+                ));
+            }
+            other => return Err(bad(format!("unknown kind {other}"))),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn day() -> impl Strategy<Value = (NaiveDate, DayFigures)> {
+        (
+            -100_000i64..100_000,
+            any::<[u32; 4]>(),
+            any::<[u64; 6]>(),
+            any::<f64>(),
+            any::<Option<u64>>(),
+        )
+            .prop_map(|(d, c, b, gb, max)| {
+                (
+                    epoch() + chrono::TimeDelta::days(d),
+                    DayFigures {
+                        samples: c[0],
+                        measured_samples: c[1],
+                        partial_samples: c[2],
+                        missing_samples: c[3],
+                        inbound_bytes: b[0],
+                        outbound_bytes: b[1],
+                        outbound_gb: gb,
+                        enhanced_peak_mbps: b[2],
+                        enhanced_peak_bps: b[3],
+                        p95_bps: b[4],
+                        in_use_seconds: b[5],
+                        max_bandwidth_mbps: max,
+                    },
+                )
+            })
+    }
+
+    fn month() -> impl Strategy<Value = (Month, MonthFigures)> {
+        (
+            -5000i32..5000,
+            1u32..=12,
+            any::<[u32; 5]>(),
+            any::<[u64; 5]>(),
+            any::<[f64; 2]>(),
+            any::<[Option<u64>; 2]>(),
+        )
+            .prop_map(|(year, month, c, b, f, o)| {
+                (
+                    Month { year, month },
+                    MonthFigures {
+                        samples: c[0],
+                        measured_samples: c[1],
+                        partial_samples: c[2],
+                        missing_samples: c[3],
+                        days: c[4],
+                        inbound_bytes: b[0],
+                        outbound_bytes: b[1],
+                        outbound_gb: f[0],
+                        enhanced_avg_peak_mbps: b[2],
+                        p95_bps: b[3],
+                        in_use_days: f[1],
+                        in_use_seconds: b[4],
+                        baseline_mbps: o[0],
+                        billed_peak_mbps: o[1],
+                    },
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn figure_records_read_back_as_written(
+            closed in proptest::collection::vec(
+                (any::<u32>(), proptest::collection::vec(day(), 0..3),
+                 proptest::collection::vec(month(), 0..2)),
+                0..20),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut blob = Vec::new();
+            let mut expected = Vec::new();
+            for (id, days, months) in &closed {
+                encode_figures(&mut blob, *id, &Closed { days: days.clone(), months: months.clone() });
+                expected.extend(days.iter().map(|(d, f)| FigureRecord::Day(*id, *d, f.clone())));
+                expected.extend(months.iter().map(|(m, f)| FigureRecord::Month(*id, *m, f.clone())));
+            }
+            let decoded = decode_figures(&blob).unwrap();
+            // NaN figures compare unequal: compare their encodings instead.
+            prop_assert_eq!(format!("{decoded:?}"), format!("{expected:?}"));
+            if !blob.is_empty() {
+                // A file cut short is an error that says where, never a panic.
+                let at = cut.index(blob.len());
+                if let Err(e) = decode_figures(&blob[..at]) {
+                    prop_assert!(e.contains("byte"), "{}", e);
+                }
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! samples, and the presence ranges and inventory changes committed with them; where shipping
 //! stands; and removing shipped rounds past the local retention.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use rusqlite::{OptionalExtension, params};
 
@@ -65,7 +65,7 @@ impl Store {
         let blob = read_records(&self.samples_file(round.seq), round.bytes)?;
         decode_samples(&blob, round.boundary)
             .map(|(id, s)| {
-                let eip = *self.addresses.get(&id).ok_or_else(|| StoreError::Corrupt {
+                let eip = self.address_of(id).ok_or_else(|| StoreError::Corrupt {
                     what: "sample",
                     eip: id.to_string(),
                     detail: "unknown EIP id".into(),
@@ -84,25 +84,36 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT e.address, p.from_s, p.to_s FROM presence p JOIN eips e ON e.id = p.eip
-                 WHERE (p.opened_seq > ?1 AND p.opened_seq <= ?2)
-                    OR (p.closed_seq > ?1 AND p.closed_seq <= ?2)",
+                "SELECT eip, from_s, to_s FROM presence
+                 WHERE (opened_seq > ?1 AND opened_seq <= ?2)
+                    OR (closed_seq > ?1 AND closed_seq <= ?2)",
             )
             .map_err(sql("read presence"))?;
         let rows = stmt
             .query_map(params![after, up_to], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
             })
             .map_err(sql("read presence"))?;
-        rows.map(|r| {
-            let (address, from, to) = r.map_err(sql("read presence"))?;
-            Ok(PresenceRange {
-                eip: super::parse_eip(&address)?,
-                from,
-                to,
+        let mut ranges: BTreeMap<(u32, i64), Option<i64>> = BTreeMap::new();
+        for row in rows {
+            let (id, from, to) = row.map_err(sql("read presence"))?;
+            ranges.insert((id, from), to);
+        }
+        // Ranges opened by registration files have a row only once they closed.
+        for (id, from) in self.registered_presence(after, up_to)? {
+            ranges.entry((id, from)).or_insert(None);
+        }
+        ranges
+            .into_iter()
+            .map(|((id, from), to)| {
+                let eip = self.address_of(id).ok_or_else(|| StoreError::Corrupt {
+                    what: "presence",
+                    eip: id.to_string(),
+                    detail: "unknown EIP id".into(),
+                })?;
+                Ok(PresenceRange { eip, from, to })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// The last commit the billing store acknowledged, and when (UNIX seconds).

@@ -119,15 +119,14 @@ fn removing_an_eip_forgets_its_checkpoint_in_the_same_commit() {
     s.round(T0 + 300, &[(a, counters(10, 1)), (b, counters(20, 2))])
         .unwrap();
     s.eips_removed(&[(b, counters(50, 5))], T0 + 400).unwrap();
-    let checkpoints: i64 = s
-        .store()
-        .conn
-        .query_row("SELECT COUNT(*) FROM checkpoint_refs", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(checkpoints, 1);
+    assert_eq!(s.store().checkpoint_seq.len(), 1);
     assert_eq!(s.store().sample_totals(b).unwrap().1, 50);
     drop(s);
-    assert_eq!(sampler(&db).store().load_snapshots().unwrap().len(), 1);
+    let reopened = sampler(&db);
+    assert_eq!(reopened.store().load_snapshots().unwrap().len(), 1);
+    // Forgotten in the store too: its checkpoint (in the first round's range) is not restored.
+    assert_eq!(reopened.store().checkpoint_seq.len(), 1);
+    assert_eq!(reopened.eips().map(|v| v.eip).collect::<Vec<_>>(), [a]);
 }
 
 fn checkpoint_files(dir: &Path) -> Vec<String> {
@@ -197,7 +196,10 @@ fn json_checkpoint_rows_of_the_earlier_format_are_read_then_replaced() {
     let json = serde_json::to_string(&series).unwrap();
     store
         .conn
-        .execute_batch("DELETE FROM checkpoint_refs; DELETE FROM checkpoint_files;")
+        .execute_batch(
+            "DELETE FROM checkpoint_refs; DELETE FROM checkpoint_ranges;
+             DELETE FROM checkpoint_files;",
+        )
         .unwrap();
     store
         .conn
@@ -384,4 +386,148 @@ fn a_reader_kept_open_sees_eips_added_after_it_opened() {
         .map(|(e, _)| *e)
         .collect();
     assert_eq!(eips, [a, b]);
+}
+
+/// 40 EIPs in one round: their registration is one file and their checkpoints one range.
+fn many(n: u8) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                IpAddr::from([203, 0, 113, i])
+            } else {
+                format!("2001:db8::{i:x}").parse().unwrap()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn many_new_eips_are_registered_and_checkpointed_in_files_and_survive_removal_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eips = many(40);
+    let readings = |k: u64| -> Vec<(IpAddr, TrafficCounters)> {
+        eips.iter()
+            .enumerate()
+            .map(|(i, e)| (*e, counters(k * (i as u64 + 1), k)))
+            .collect()
+    };
+    let gone = eips[17];
+    {
+        let mut s = sampler(&db);
+        for e in &eips {
+            s.eip_added(*e, T0 + 10);
+        }
+        s.round(T0 + 300, &readings(100)).unwrap();
+        let store = s.store();
+        let (rows, ranges): (i64, i64) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM checkpoint_refs) + (SELECT COUNT(*) FROM eips)
+                      + (SELECT COUNT(*) FROM presence),
+                        (SELECT COUNT(*) FROM checkpoint_ranges)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((rows, ranges), (0, 1), "no row per EIP, one range");
+        let mut opened = store.presence_changes(0, 1).unwrap();
+        opened.sort_by_key(|p| p.eip);
+        let mut expected: Vec<PresenceRange> = eips
+            .iter()
+            .map(|e| PresenceRange {
+                eip: *e,
+                from: T0,
+                to: None,
+            })
+            .collect();
+        expected.sort_by_key(|p| p.eip);
+        assert_eq!(opened, expected);
+        s.eips_removed(&[(gone, counters(100 * 18 + 7, 101))], T0 + 400)
+            .unwrap();
+        // The removal closes the range its registration file opened, as a row.
+        assert_eq!(
+            s.store().presence_changes(1, 2).unwrap(),
+            [PresenceRange {
+                eip: gone,
+                from: T0,
+                to: Some(T0 + 600),
+            }]
+        );
+        // And it stands so when read from the start.
+        let all = s.store().presence_changes(0, 2).unwrap();
+        assert_eq!(all.len(), 40);
+        assert_eq!(
+            all.iter().find(|p| p.eip == gone).unwrap().to,
+            Some(T0 + 600)
+        );
+    }
+    let mut s = sampler(&db);
+    // Everyone but the removed EIP is restored, from the range's checkpoints.
+    let mut restored: Vec<IpAddr> = s.eips().map(|v| v.eip).collect();
+    restored.sort();
+    let mut expected: Vec<IpAddr> = eips.iter().copied().filter(|e| *e != gone).collect();
+    expected.sort();
+    assert_eq!(restored, expected);
+    assert!(s.eips().all(|v| v.series.last_start() == Some(T0)));
+    // The shutdown checkpoint moves every checkpoint to its own range: the first file goes.
+    s.checkpoint_all().unwrap();
+    assert_eq!(checkpoint_files(dir.path()), ["000000000003.checkpoints"]);
+    let ranges: Vec<(i64, u32, u32)> = {
+        let mut stmt = s
+            .store()
+            .conn
+            .prepare("SELECT seq, first_id, last_id FROM checkpoint_ranges ORDER BY first_id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        ranges,
+        [(3, 1, 17), (3, 19, 40)],
+        "the removed id 18 splits it"
+    );
+    drop(s);
+    let s = sampler(&db);
+    assert_eq!(s.eips().count(), 39);
+    assert_eq!(
+        s.store().sample_totals(gone).unwrap(),
+        (2, 100 * 18 + 7, 101),
+        "its last sample is kept"
+    );
+}
+
+#[test]
+fn closed_figures_of_many_eips_are_read_back_from_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let eips = many(20);
+    let mut s = sampler(&db);
+    for e in &eips {
+        s.eip_added(*e, T0);
+    }
+    let at = |k: u64| -> Vec<(IpAddr, TrafficCounters)> {
+        eips.iter()
+            .enumerate()
+            .map(|(i, e)| (*e, counters(k * 1000 * (i as u64 + 1), k)))
+            .collect()
+    };
+    s.round(T0 + 300, &at(1)).unwrap();
+    s.round(T0 + 600, &at(2)).unwrap();
+    // The next day's first round (nothing more sent) closes November 1 for all 20.
+    s.round(T0 + 86_400 + 300, &at(2)).unwrap();
+    let days = s.store().closed_days("2026-11-01").unwrap();
+    assert_eq!(days.len(), 20);
+    for (i, e) in eips.iter().enumerate() {
+        let day = days
+            .iter()
+            .find(|f| f.subject == Subject::Eip(*e))
+            .expect("every EIP's day");
+        assert_eq!(day.period, "2026-11-01");
+        assert_eq!(day.figures.inbound_bytes, 2000 * (i as u64 + 1));
+    }
+    assert!(s.store().closed_days("2026-11-02").unwrap().is_empty());
+    assert!(s.store().closed_months("").unwrap().is_empty());
 }

@@ -152,7 +152,8 @@ pub fn month_end(n: u32) -> Result<MonthEnd> {
                 &Snapshot::of(last_boundary, c),
             );
         }
-        let checkpoints: Vec<(IpAddr, &Series)> = eips.iter().map(|a| (*a, &month)).collect();
+        let checkpoints: Vec<(u32, &Series)> =
+            new_eips.iter().map(|(id, _)| (*id, &month)).collect();
         let opened: Vec<(u32, i64)> = new_eips.iter().map(|(id, _)| (*id, nov_1)).collect();
         store.commit_round(RoundRecords {
             host: "bench",
