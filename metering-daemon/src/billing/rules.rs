@@ -36,9 +36,20 @@ pub const fn discarded(n: usize) -> usize {
 /// Enhanced-95 average monthly peak in Mbit/s: the mean of the 5 highest daily peaks (of all
 /// of them with fewer than 5 days), truncated. `None` for a month without daily peaks.
 pub fn enhanced_average_peak_mbps(daily_peaks_mbps: &[u64]) -> Option<u64> {
-    let mut sorted = daily_peaks_mbps.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let top = &sorted[..sorted.len().min(5)];
+    // The 5 highest, kept in place (no allocation: a month end does this for every EIP).
+    let mut kept = [0u64; 5];
+    let mut len = 0;
+    for &peak in daily_peaks_mbps {
+        if len < kept.len() {
+            kept[len] = peak;
+            len += 1;
+        } else if let Some(lowest) = kept.iter_mut().min()
+            && peak > *lowest
+        {
+            *lowest = peak;
+        }
+    }
+    let top = &kept[..len];
     if top.is_empty() {
         return None;
     }
@@ -99,7 +110,25 @@ pub fn traffic_daily_fee(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Against the rule as written: sort the daily peaks, average the 5 highest, truncate.
+        #[test]
+        fn the_average_peak_is_the_mean_of_the_five_highest(
+            peaks in proptest::collection::vec(any::<u64>(), 0..40),
+        ) {
+            let mut sorted = peaks.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            let top = &sorted[..sorted.len().min(5)];
+            let expected = (!top.is_empty()).then(|| {
+                (top.iter().map(|&v| u128::from(v)).sum::<u128>() / top.len() as u128) as u64
+            });
+            prop_assert_eq!(enhanced_average_peak_mbps(&peaks), expected);
+        }
+    }
 
     #[test]
     fn daily_peak_is_the_fifth_highest() {

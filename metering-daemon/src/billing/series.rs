@@ -8,6 +8,8 @@
 //! Samples must come in increasing interval order, already summed over hosts (see
 //! [`super::replay`]). A repeated or older interval is refused, never counted twice.
 
+use std::borrow::Cow;
+
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
@@ -338,38 +340,55 @@ impl Series {
         }
         let cal = self.cal();
         let date = cal.day_of(t);
-        self.close_day();
+        // The closed day's and month's heaps are reused for the new ones.
+        let closed_day = self.close_day();
         let month = Month::of(date);
+        let mut closed_month = None;
         if self.month.as_ref().is_some_and(|m| m.month != month) {
-            self.close_month();
+            closed_month = self.close_month();
         }
         if self.month.is_none() {
             let n = cal.intervals_between(cal.month_bounds(month)) as usize;
+            let k = rules::discarded(n) + 1;
+            let (mut top_p95, mut daily_peaks_mbps, mut daily_bandwidths_mbps) = closed_month
+                .map_or_else(
+                    || (TopK::new(k), Vec::new(), Vec::new()),
+                    |m| (m.top_p95, m.daily_peaks_mbps, m.daily_bandwidths_mbps),
+                );
+            top_p95.reset(k);
+            daily_peaks_mbps.clear();
+            daily_bandwidths_mbps.clear();
             self.month = Some(MonthState {
                 month,
                 tally: Tally::default(),
-                top_p95: TopK::new(rules::discarded(n) + 1),
-                daily_peaks_mbps: Vec::new(),
-                daily_bandwidths_mbps: Vec::new(),
+                top_p95,
+                daily_peaks_mbps,
+                daily_bandwidths_mbps,
             });
         }
         let (start, end) = cal.day_bounds(date);
         let n = cal.intervals_between((start, end)) as usize;
+        let k = rules::discarded(n) + 1;
+        let (mut top5, mut top_p95) =
+            closed_day.map_or_else(|| (TopK::new(5), TopK::new(k)), |d| (d.top5, d.top_p95));
+        top5.reset(5);
+        top_p95.reset(k);
         self.day = Some(DayState {
             date,
             start,
             end,
             start_aligned: cal.is_aligned(start),
             tally: Tally::default(),
-            top5: TopK::new(5),
-            top_p95: TopK::new(rules::discarded(n) + 1),
+            top5,
+            top_p95,
         });
     }
 
-    fn close_day(&mut self) {
-        let Some(day) = self.day.take() else { return };
+    /// Closes the open day; returns its state (for its heaps).
+    fn close_day(&mut self) -> Option<DayState> {
+        let day = self.day.take()?;
         let Some(figures) = self.day_figures(&day) else {
-            return; // only missing intervals: counted in the month, no daily figures
+            return Some(day); // only missing intervals: counted in the month, no daily figures
         };
         let month = self.month.as_mut().expect("a day lies in a month");
         month.daily_peaks_mbps.push(figures.enhanced_peak_mbps);
@@ -377,6 +396,7 @@ impl Series {
             month.daily_bandwidths_mbps.push(bw);
         }
         self.closed_days.push((day.date, figures));
+        Some(day)
     }
 
     /// The figures of `day` as they stand (None: no sample in it).
@@ -406,17 +426,17 @@ impl Series {
         })
     }
 
-    fn close_month(&mut self) {
-        let Some(month) = self.month.take() else {
-            return;
-        };
+    /// Closes the open month; returns its state (for its heap and vectors).
+    fn close_month(&mut self) -> Option<MonthState> {
+        let month = self.month.take()?;
         let Some(figures) = self.month_figures(&month, None) else {
-            return;
+            return Some(month);
         };
         self.closed_months.push((month.month, figures));
         // The history before this month can no longer change a figure.
         let (_, end) = self.cal().month_bounds(month.month);
         self.bandwidth.prune_before(end);
+        Some(month)
     }
 
     /// The figures of `month` as they stand, counting `open_day` (the day not closed yet) as
@@ -431,12 +451,20 @@ impl Series {
             return None;
         }
         let cal = self.cal();
-        let mut peaks = month.daily_peaks_mbps.clone();
-        let mut bandwidths = month.daily_bandwidths_mbps.clone();
-        if let Some(day) = open_day {
-            peaks.push(day.enhanced_peak_mbps);
-            bandwidths.extend(day.max_bandwidth_mbps);
-        }
+        // Copied only to count the open day in (a scrape's view), not when a month closes.
+        let (peaks, bandwidths): (Cow<[u64]>, Cow<[u64]>) = match open_day {
+            None => (
+                Cow::Borrowed(&month.daily_peaks_mbps),
+                Cow::Borrowed(&month.daily_bandwidths_mbps),
+            ),
+            Some(day) => {
+                let mut peaks = month.daily_peaks_mbps.clone();
+                let mut bandwidths = month.daily_bandwidths_mbps.clone();
+                peaks.push(day.enhanced_peak_mbps);
+                bandwidths.extend(day.max_bandwidth_mbps);
+                (Cow::Owned(peaks), Cow::Owned(bandwidths))
+            }
+        };
         let average = rules::enhanced_average_peak_mbps(&peaks);
         let baseline = rules::monthly_baseline_mbps(&bandwidths);
         Some(MonthFigures {
@@ -477,8 +505,8 @@ impl Series {
 
     /// Closes the open day and month (end of input, or the EIP was deleted).
     pub fn close(&mut self) {
-        self.close_day();
-        self.close_month();
+        let _ = self.close_day();
+        let _ = self.close_month();
     }
 
     /// Takes the days and months closed so far.

@@ -20,6 +20,14 @@ impl TopK {
         }
     }
 
+    /// Empties it to keep the `k` largest from now on, keeping its allocation: a series
+    /// reuses its closed day's and month's heaps for the next ones (at midnight every EIP
+    /// closes a day; freeing and growing a million heaps again was a good part of that round).
+    pub fn reset(&mut self, k: usize) {
+        self.heap.clear();
+        self.k = k;
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }
