@@ -3,8 +3,8 @@
 use std::{cmp::Reverse, collections::BinaryHeap};
 
 /// Serialized as `{"k": .., "values": [..]}` (the heap order is not part of the state).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(from = "TopKState", into = "TopKState")]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(from = "TopKState")]
 pub struct TopK {
     k: usize,
     heap: BinaryHeap<Reverse<u64>>,
@@ -102,18 +102,27 @@ impl PartialEq for TopK {
 }
 impl Eq for TopK {}
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct TopKState {
     k: usize,
     values: Vec<u64>,
 }
 
-impl From<TopK> for TopKState {
-    fn from(t: TopK) -> Self {
-        Self {
-            k: t.k,
-            values: t.heap.into_iter().map(|r| r.0).collect(),
+/// Written straight from the heap, as [`TopKState`] reads it: a checkpoint of a million
+/// series would otherwise copy each of their heaps first.
+impl serde::Serialize for TopK {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Values<'a>(&'a BinaryHeap<Reverse<u64>>);
+        impl serde::Serialize for Values<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|r| r.0))
+            }
         }
+        let mut state = serializer.serialize_struct("TopKState", 2)?;
+        state.serialize_field("k", &self.k)?;
+        state.serialize_field("values", &Values(&self.heap))?;
+        state.end()
     }
 }
 
@@ -130,6 +139,22 @@ impl From<TopKState> for TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serializes_as_k_and_values_and_reads_back() {
+        let mut t = TopK::new(4);
+        for v in [5, 1, 9, 9, 3, 7] {
+            t.push(v);
+        }
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["k"], 4);
+        let mut values: Vec<u64> = serde_json::from_value(json["values"].clone()).unwrap();
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(values, [9, 9, 7, 5]);
+        assert_eq!(serde_json::from_value::<TopK>(json).unwrap(), t);
+        let bytes = postcard::to_stdvec(&t).unwrap();
+        assert_eq!(postcard::from_bytes::<TopK>(&bytes).unwrap(), t);
+    }
 
     #[test]
     fn keeps_the_largest_with_ties() {

@@ -176,93 +176,148 @@ pub(super) enum FigureRecord {
     Month(u32, Month, MonthFigures),
 }
 
-// The figures as plain tuples: postcard is not self-describing, so the `skip_serializing_if`
-// that keeps the JSON output short would make the figures themselves undecodable.
-type DayTuple = (
-    u32,
-    u32,
-    u32,
-    u32,
-    u64,
-    u64,
-    f64,
-    u64,
-    u64,
-    u64,
-    u64,
-    Option<u64>,
-);
-type MonthTuple = (
-    (u32, u32, u32, u32, u32),
-    (u64, u64, f64, u64, u64, f64, u64),
-    (Option<u64>, Option<u64>),
-);
-
 /// Appends the closed figures of EIP `id`: per figure `id (u32 LE), kind (0 day: i32 LE days
-/// since 1970-01-01; 1 month: i32 LE year, u8 month), payload length (u32 LE), postcard
-/// payload`. Fixed binary records: a month end closes a day and a month for every EIP, and
-/// 2,000,000 JSON rows took 4 s of the round.
+/// since 1970-01-01; 1 month: i32 LE year, u8 month), payload length (u32 LE), payload` with
+/// the payload the figures' fields in declaration order, fixed-width little-endian (an absent
+/// `Option` a 0 byte then 8 zero bytes). Fixed binary records: a month end closes a day and a
+/// month for every EIP; 2,000,000 JSON rows took 4 s of the round, and postcard 0.6 s.
 pub(super) fn encode_figures(out: &mut Vec<u8>, id: u32, closed: &Closed) {
     for (date, f) in &closed.days {
         out.extend_from_slice(&id.to_le_bytes());
         out.push(0);
         let days = (*date - epoch()).num_days();
         out.extend_from_slice(&(days as i32).to_le_bytes());
-        let tuple: DayTuple = (
+        let mut w = Payload::start(out);
+        for v in [
             f.samples,
             f.measured_samples,
             f.partial_samples,
             f.missing_samples,
-            f.inbound_bytes,
-            f.outbound_bytes,
-            f.outbound_gb,
-            f.enhanced_peak_mbps,
-            f.enhanced_peak_bps,
-            f.p95_bps,
-            f.in_use_seconds,
-            f.max_bandwidth_mbps,
-        );
-        append_payload(out, &tuple);
+        ] {
+            w.u32(v);
+        }
+        w.u64(f.inbound_bytes);
+        w.u64(f.outbound_bytes);
+        w.f64(f.outbound_gb);
+        w.u64(f.enhanced_peak_mbps);
+        w.u64(f.enhanced_peak_bps);
+        w.u64(f.p95_bps);
+        w.u64(f.in_use_seconds);
+        w.option(f.max_bandwidth_mbps);
+        w.finish();
     }
     for (month, f) in &closed.months {
         out.extend_from_slice(&id.to_le_bytes());
         out.push(1);
         out.extend_from_slice(&month.year.to_le_bytes());
         out.push(month.month as u8);
-        let tuple: MonthTuple = (
-            (
-                f.samples,
-                f.measured_samples,
-                f.partial_samples,
-                f.missing_samples,
-                f.days,
-            ),
-            (
-                f.inbound_bytes,
-                f.outbound_bytes,
-                f.outbound_gb,
-                f.enhanced_avg_peak_mbps,
-                f.p95_bps,
-                f.in_use_days,
-                f.in_use_seconds,
-            ),
-            (f.baseline_mbps, f.billed_peak_mbps),
-        );
-        append_payload(out, &tuple);
+        let mut w = Payload::start(out);
+        for v in [
+            f.samples,
+            f.measured_samples,
+            f.partial_samples,
+            f.missing_samples,
+            f.days,
+        ] {
+            w.u32(v);
+        }
+        w.u64(f.inbound_bytes);
+        w.u64(f.outbound_bytes);
+        w.f64(f.outbound_gb);
+        w.u64(f.enhanced_avg_peak_mbps);
+        w.u64(f.p95_bps);
+        w.f64(f.in_use_days);
+        w.u64(f.in_use_seconds);
+        w.option(f.baseline_mbps);
+        w.option(f.billed_peak_mbps);
+        w.finish();
+    }
+}
+
+/// A length-prefixed payload being appended.
+struct Payload<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> Payload<'a> {
+    fn start(out: &'a mut Vec<u8>) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        Self { out, start }
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+
+    fn option(&mut self, v: Option<u64>) {
+        self.out.push(u8::from(v.is_some()));
+        self.u64(v.unwrap_or(0));
+    }
+
+    fn finish(self) {
+        let len = u32::try_from(self.out.len() - self.start - 4).expect("figures are small");
+        self.out[self.start..self.start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Reads a payload written by [`Payload`].
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let (head, rest) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or("payload cut short")?;
+        self.rest = rest;
+        Ok(*head)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn f64(&mut self) -> Result<f64, String> {
+        self.u64().map(f64::from_bits)
+    }
+
+    fn option(&mut self) -> Result<Option<u64>, String> {
+        let [present] = self.take()?;
+        let v = self.u64()?;
+        match present {
+            0 => Ok(None),
+            1 => Ok(Some(v)),
+            other => Err(format!("option flag {other}")),
+        }
+    }
+
+    fn end(self) -> Result<(), String> {
+        match self.rest.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} bytes after the figures")),
+        }
     }
 }
 
 /// Day numbers in figure records count from here.
 fn epoch() -> NaiveDate {
     NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date")
-}
-
-fn append_payload<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]);
-    *out = postcard::to_extend(value, std::mem::take(out)).expect("figures serialize");
-    let len = u32::try_from(out.len() - start - 4).expect("figures are small");
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// The records of a figures file, in the order they were written.
@@ -289,26 +344,28 @@ pub(super) fn decode_figures(blob: &[u8]) -> Result<Vec<FigureRecord>, String> {
                     .checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
                     .ok_or_else(|| bad(format!("day {days} out of range")))?;
                 let len = u32_at(take(&mut at, 4)?) as usize;
-                let t: DayTuple =
-                    postcard::from_bytes(take(&mut at, len)?).map_err(|e| bad(e.to_string()))?;
-                out.push(FigureRecord::Day(
-                    id,
-                    date,
-                    DayFigures {
-                        samples: t.0,
-                        measured_samples: t.1,
-                        partial_samples: t.2,
-                        missing_samples: t.3,
-                        inbound_bytes: t.4,
-                        outbound_bytes: t.5,
-                        outbound_gb: t.6,
-                        enhanced_peak_mbps: t.7,
-                        enhanced_peak_bps: t.8,
-                        p95_bps: t.9,
-                        in_use_seconds: t.10,
-                        max_bandwidth_mbps: t.11,
-                    },
-                ));
+                let mut r = Fields {
+                    rest: take(&mut at, len)?,
+                };
+                let figures = (|| {
+                    let f = DayFigures {
+                        samples: r.u32()?,
+                        measured_samples: r.u32()?,
+                        partial_samples: r.u32()?,
+                        missing_samples: r.u32()?,
+                        inbound_bytes: r.u64()?,
+                        outbound_bytes: r.u64()?,
+                        outbound_gb: r.f64()?,
+                        enhanced_peak_mbps: r.u64()?,
+                        enhanced_peak_bps: r.u64()?,
+                        p95_bps: r.u64()?,
+                        in_use_seconds: r.u64()?,
+                        max_bandwidth_mbps: r.option()?,
+                    };
+                    r.end().map(|()| f)
+                })()
+                .map_err(bad)?;
+                out.push(FigureRecord::Day(id, date, figures));
             }
             1 => {
                 let year = i32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
@@ -317,28 +374,30 @@ pub(super) fn decode_figures(blob: &[u8]) -> Result<Vec<FigureRecord>, String> {
                     return Err(bad(format!("month {month}")));
                 }
                 let len = u32_at(take(&mut at, 4)?) as usize;
-                let (a, b, c): MonthTuple =
-                    postcard::from_bytes(take(&mut at, len)?).map_err(|e| bad(e.to_string()))?;
-                out.push(FigureRecord::Month(
-                    id,
-                    Month { year, month },
-                    MonthFigures {
-                        samples: a.0,
-                        measured_samples: a.1,
-                        partial_samples: a.2,
-                        missing_samples: a.3,
-                        days: a.4,
-                        inbound_bytes: b.0,
-                        outbound_bytes: b.1,
-                        outbound_gb: b.2,
-                        enhanced_avg_peak_mbps: b.3,
-                        p95_bps: b.4,
-                        in_use_days: b.5,
-                        in_use_seconds: b.6,
-                        baseline_mbps: c.0,
-                        billed_peak_mbps: c.1,
-                    },
-                ));
+                let mut r = Fields {
+                    rest: take(&mut at, len)?,
+                };
+                let figures = (|| {
+                    let f = MonthFigures {
+                        samples: r.u32()?,
+                        measured_samples: r.u32()?,
+                        partial_samples: r.u32()?,
+                        missing_samples: r.u32()?,
+                        days: r.u32()?,
+                        inbound_bytes: r.u64()?,
+                        outbound_bytes: r.u64()?,
+                        outbound_gb: r.f64()?,
+                        enhanced_avg_peak_mbps: r.u64()?,
+                        p95_bps: r.u64()?,
+                        in_use_days: r.f64()?,
+                        in_use_seconds: r.u64()?,
+                        baseline_mbps: r.option()?,
+                        billed_peak_mbps: r.option()?,
+                    };
+                    r.end().map(|()| f)
+                })()
+                .map_err(bad)?;
+                out.push(FigureRecord::Month(id, Month { year, month }, figures));
             }
             other => return Err(bad(format!("unknown kind {other}"))),
         }
