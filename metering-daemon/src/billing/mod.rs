@@ -5,6 +5,7 @@
 //!   They are the reference the streaming code is tested against, and the source of truth.
 //! * [`topk`]: bounded "k largest values" sets.
 //! * [`calendar`]: days and months in the billing time zone, interval alignment.
+//! * [`bandwidth`]: a series' bandwidth history (daily largest bandwidth, baseline).
 //! * [`series`]: the streaming per-EIP accumulators (bounded memory) that produce
 //!   [`series::DayFigures`] and [`series::MonthFigures`].
 //! * [`samples`]: counter readings -> interval samples (resets, outages spread).
@@ -13,6 +14,7 @@
 //!
 //! Units: bandwidth in bit/s (`_bps`) or Mbit/s = 10^6 bit/s (`_mbps`); bytes are IP-layer bytes.
 
+pub mod bandwidth;
 pub mod calendar;
 pub mod fleet;
 pub mod plans;
