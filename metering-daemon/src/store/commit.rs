@@ -160,9 +160,7 @@ impl Store {
         for ((_, eip), from) in new_eips.iter().zip(&opened_new) {
             encode_registration(&mut registrations, *eip, *from);
         }
-        let checkpointed = checkpoints;
         let groups_blob = groups.map(encode_groups);
-        let forget = forget.to_vec();
         // The records go to files first (durable), then one transaction makes them part of the
         // store: a crash before the commit leaves only files no row refers to. The checkpoints
         // and closed figures (the most to encode: a million new series, a month end's
@@ -172,9 +170,9 @@ impl Store {
         let committed = std::thread::scope(|scope| {
             let bulk_writer = scope.spawn(|| -> std::io::Result<BulkFiles> {
                 let mut written = BulkFiles::default();
-                if !checkpointed.is_empty() {
+                if !checkpoints.is_empty() {
                     let mut blob = Vec::new();
-                    for (eid, series) in checkpointed {
+                    for (eid, series) in checkpoints {
                         encode_checkpoint(&mut blob, *eid, series);
                     }
                     write_durable(&checkpoints_path, &blob)?;
@@ -212,7 +210,7 @@ impl Store {
                     .collect(),
                 opened_new: &opened_new,
                 presence_closed,
-                checkpointed: checkpointed.iter().map(|(eid, _)| *eid).collect(),
+                checkpointed: checkpoints.iter().map(|(eid, _)| *eid).collect(),
                 forget,
                 bulk_files: Box::new(move || {
                     bulk_writer
@@ -400,7 +398,7 @@ impl Store {
                 self.legacy_checkpoints,
             )?;
         }
-        for eid in &forget {
+        for eid in forget {
             // A forgetting row: it outranks any range that still names the EIP.
             tx.execute(
                 "INSERT OR REPLACE INTO checkpoint_refs (turn, eip, seq) VALUES (?1, ?2, ?3)",
@@ -489,7 +487,7 @@ struct RowsOfCommit<'a> {
     opened_new: &'a [Option<i64>],
     presence_closed: &'a [(u32, i64)],
     checkpointed: Vec<u32>,
-    forget: Vec<u32>,
+    forget: &'a [u32],
     /// Waits for the checkpoint and figures files (written beside this) to be durable.
     bulk_files: Box<dyn FnOnce() -> std::io::Result<BulkFiles> + 'a>,
 }

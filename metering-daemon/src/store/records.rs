@@ -178,9 +178,10 @@ pub(super) enum FigureRecord {
 
 /// Appends the closed figures of EIP `id`: per figure `id (u32 LE), kind (0 day: i32 LE days
 /// since 1970-01-01; 1 month: i32 LE year, u8 month), payload length (u32 LE), payload` with
-/// the payload the figures' fields in declaration order, fixed-width little-endian (an absent
-/// `Option` a 0 byte then 8 zero bytes). Fixed binary records: a month end closes a day and a
-/// month for every EIP; 2,000,000 JSON rows took 4 s of the round, and postcard 0.6 s.
+/// the payload the figures' fields in declaration order: integers as LEB128 varints, floats as
+/// their 8 bytes little-endian, an `Option` a 0 byte or a 1 byte and the value. A month end
+/// closes a day and a month for every EIP: 2,000,000 JSON rows took 4 s of the round, postcard
+/// 0.6 s to encode, fixed-width fields 0.1 s but 202 MB to write (0.54 s with the fsync).
 pub(super) fn encode_figures(out: &mut Vec<u8>, id: u32, closed: &Closed) {
     for (date, f) in &closed.days {
         out.extend_from_slice(&id.to_le_bytes());
@@ -248,20 +249,27 @@ impl<'a> Payload<'a> {
     }
 
     fn u32(&mut self, v: u32) {
-        self.out.extend_from_slice(&v.to_le_bytes());
+        self.u64(u64::from(v));
     }
 
-    fn u64(&mut self, v: u64) {
-        self.out.extend_from_slice(&v.to_le_bytes());
+    /// LEB128: 7 bits per byte, low bits first, the high bit set on all but the last.
+    fn u64(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.out.push(v as u8);
     }
 
     fn f64(&mut self, v: f64) {
-        self.u64(v.to_bits());
+        self.out.extend_from_slice(&v.to_bits().to_le_bytes());
     }
 
     fn option(&mut self, v: Option<u64>) {
         self.out.push(u8::from(v.is_some()));
-        self.u64(v.unwrap_or(0));
+        if let Some(v) = v {
+            self.u64(v);
+        }
     }
 
     fn finish(self) {
@@ -286,23 +294,35 @@ impl Fields<'_> {
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        self.take().map(u32::from_le_bytes)
+        let v = self.u64()?;
+        u32::try_from(v).map_err(|_| format!("{v} does not fit 32 bits"))
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        self.take().map(u64::from_le_bytes)
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let [byte] = self.take()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err("varint over 64 bits".into());
+            }
+            v |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint over 64 bits".into())
     }
 
     fn f64(&mut self) -> Result<f64, String> {
-        self.u64().map(f64::from_bits)
+        self.take().map(|b| f64::from_bits(u64::from_le_bytes(b)))
     }
 
     fn option(&mut self) -> Result<Option<u64>, String> {
         let [present] = self.take()?;
-        let v = self.u64()?;
         match present {
             0 => Ok(None),
-            1 => Ok(Some(v)),
+            1 => self.u64().map(Some),
             other => Err(format!("option flag {other}")),
         }
     }
