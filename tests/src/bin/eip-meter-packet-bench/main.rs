@@ -55,6 +55,17 @@ impl Spread {
         }
     }
 
+    /// The spread of `key` over repeated `runs`, and the run at its median (whose split of
+    /// the time is then the one reported).
+    pub fn over<T>(runs: &[T], key: impl Fn(&T) -> f64) -> (Self, &T) {
+        let spread = Self::of(&runs.iter().map(&key).collect::<Vec<_>>());
+        let median = runs
+            .iter()
+            .find(|r| key(r) == spread.median)
+            .expect("the median is one of the runs");
+        (spread, median)
+    }
+
     fn json(self) -> serde_json::Value {
         json!([self.min, self.max])
     }
@@ -91,46 +102,16 @@ fn main() -> Result<()> {
     let runs = (0..FIRST_ROUND_RUNS)
         .map(|_| control::measure(EIPS))
         .collect::<Result<Vec<_>>>()?;
-    let first_spread = Spread::of(
-        &runs
-            .iter()
-            .map(|r| r.first_round_seconds)
-            .collect::<Vec<_>>(),
-    );
-    let next_spread = Spread::of(
-        &runs
-            .iter()
-            .map(|r| r.next_round_seconds)
-            .collect::<Vec<_>>(),
-    );
-    // The split of the run whose first round is the median.
-    let first = runs
-        .iter()
-        .find(|r| r.first_round_seconds == first_spread.median)
-        .expect("the median is one of the runs");
+    let (first_spread, first) = Spread::over(&runs, |r| r.first_round_seconds);
+    let (next_spread, _) = Spread::over(&runs, |r| r.next_round_seconds);
     eprintln!(
         "bench: the rounds at the end of a month, {EIPS} EIPs with a full month each, {MONTH_END_RUNS} times"
     );
     let month_ends = (0..MONTH_END_RUNS)
         .map(|_| control::month_end(EIPS))
         .collect::<Result<Vec<_>>>()?;
-    let closing_spread = Spread::of(
-        &month_ends
-            .iter()
-            .map(|m| m.closing_round_seconds)
-            .collect::<Vec<_>>(),
-    );
-    let last_spread = Spread::of(
-        &month_ends
-            .iter()
-            .map(|m| m.last_round_seconds)
-            .collect::<Vec<_>>(),
-    );
-    // The split of the run whose closing round is the median.
-    let month_end = month_ends
-        .iter()
-        .find(|m| m.closing_round_seconds == closing_spread.median)
-        .expect("the median is one of the runs");
+    let (closing_spread, month_end) = Spread::over(&month_ends, |m| m.closing_round_seconds);
+    let (last_spread, _) = Spread::over(&month_ends, |m| m.last_round_seconds);
     let mut config = DataplaneConfig::with_interfaces(vec![UPLINK.to_owned()]);
     config.capacity = EIPS + 16;
     config.bpffs_root = "/sys/fs/bpf/eip-meter-bench".into();
