@@ -24,6 +24,10 @@ pub enum EditError {
     NotAPackage(IpAddr),
     #[error("group `{name}` still has {members} EIP(s); move them first")]
     GroupInUse { name: String, members: usize },
+    #[error("`{key}` in the config is not a list of [[{key}]] tables")]
+    NotTables { key: &'static str },
+    #[error("{what} is in the config {count} times; keep one entry before editing it")]
+    Duplicate { what: String, count: usize },
 }
 
 /// A field to leave alone, set, or delete.
@@ -64,29 +68,64 @@ fn parse(text: &str) -> Result<DocumentMut, EditError> {
         .map_err(|e| EditError::Parse(e.to_string()))
 }
 
-fn tables<'a>(doc: &'a mut DocumentMut, key: &str) -> &'a mut ArrayOfTables {
+fn tables<'a>(
+    doc: &'a mut DocumentMut,
+    key: &'static str,
+) -> Result<&'a mut ArrayOfTables, EditError> {
     if !doc.contains_key(key) {
         doc.insert(key, Item::ArrayOfTables(ArrayOfTables::new()));
     }
     doc[key]
         .as_array_of_tables_mut()
-        .expect("validated configs hold arrays of tables here")
+        .ok_or(EditError::NotTables { key })
 }
 
-fn eip_index(doc: &mut DocumentMut, addr: IpAddr) -> Option<usize> {
-    let want = normalize(addr);
-    tables(doc, "eip").iter().position(|t| {
-        t.get("address")
-            .and_then(|a| a.as_str())
-            .and_then(|a| a.parse::<IpAddr>().ok())
-            .is_some_and(|a| normalize(a) == want)
-    })
-}
-
-fn group_index(doc: &mut DocumentMut, name: &str) -> Option<usize> {
-    tables(doc, "group")
+/// The one table of `key` that `matches`; an entry listed twice is refused rather than edited
+/// in one place and left as it was in the other.
+fn find_one(
+    doc: &mut DocumentMut,
+    key: &'static str,
+    what: impl FnOnce() -> String,
+    matches: impl Fn(&Table) -> bool,
+) -> Result<Option<usize>, EditError> {
+    let found: Vec<usize> = tables(doc, key)?
         .iter()
-        .position(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+        .enumerate()
+        .filter(|(_, t)| matches(t))
+        .map(|(i, _)| i)
+        .collect();
+    match found[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(EditError::Duplicate {
+            what: what(),
+            count: found.len(),
+        }),
+    }
+}
+
+fn eip_index(doc: &mut DocumentMut, addr: IpAddr) -> Result<Option<usize>, EditError> {
+    let want = normalize(addr);
+    find_one(
+        doc,
+        "eip",
+        || format!("EIP {addr}"),
+        |t| {
+            t.get("address")
+                .and_then(|a| a.as_str())
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .is_some_and(|a| normalize(a) == want)
+        },
+    )
+}
+
+fn group_index(doc: &mut DocumentMut, name: &str) -> Result<Option<usize>, EditError> {
+    find_one(
+        doc,
+        "group",
+        || format!("group `{name}`"),
+        |t| t.get("name").and_then(|n| n.as_str()) == Some(name),
+    )
 }
 
 fn apply_u64(table: &mut Table, key: &str, change: &Change<u64>) {
@@ -104,17 +143,17 @@ fn apply_u64(table: &mut Table, key: &str, change: &Change<u64>) {
 /// Adds `addr` (when missing) or changes it.
 pub fn set_eip(text: &str, addr: IpAddr, changes: &EipChanges) -> Result<String, EditError> {
     let mut doc = parse(text)?;
-    let index = match eip_index(&mut doc, addr) {
+    let index = match eip_index(&mut doc, addr)? {
         Some(i) => i,
         None => {
             let mut t = Table::new();
             t["address"] = value(normalize(addr).to_string());
-            let eips = tables(&mut doc, "eip");
+            let eips = tables(&mut doc, "eip")?;
             eips.push(t);
             eips.len() - 1
         }
     };
-    let table = tables(&mut doc, "eip")
+    let table = tables(&mut doc, "eip")?
         .get_mut(index)
         .expect("index found above");
     match &changes.group {
@@ -169,15 +208,15 @@ fn set_plan(table: &mut Table, plan: Plan) {
 
 pub fn remove_eip(text: &str, addr: IpAddr) -> Result<String, EditError> {
     let mut doc = parse(text)?;
-    let index = eip_index(&mut doc, addr).ok_or(EditError::NoSuchEip(addr))?;
-    tables(&mut doc, "eip").remove(index);
+    let index = eip_index(&mut doc, addr)?.ok_or(EditError::NoSuchEip(addr))?;
+    tables(&mut doc, "eip")?.remove(index);
     Ok(doc.to_string())
 }
 
 /// Adds group `name` (a new one needs a bandwidth) or changes it.
 pub fn set_group(text: &str, name: &str, changes: &GroupChanges) -> Result<String, EditError> {
     let mut doc = parse(text)?;
-    let index = match group_index(&mut doc, name) {
+    let index = match group_index(&mut doc, name)? {
         Some(i) => i,
         None => {
             if changes.bandwidth_mbps.is_none() {
@@ -187,12 +226,12 @@ pub fn set_group(text: &str, name: &str, changes: &GroupChanges) -> Result<Strin
             }
             let mut t = Table::new();
             t["name"] = value(name);
-            let groups = tables(&mut doc, "group");
+            let groups = tables(&mut doc, "group")?;
             groups.push(t);
             groups.len() - 1
         }
     };
-    let table = tables(&mut doc, "group")
+    let table = tables(&mut doc, "group")?
         .get_mut(index)
         .expect("index found above");
     if let Some(bw) = changes.bandwidth_mbps {
@@ -209,8 +248,8 @@ pub fn set_group(text: &str, name: &str, changes: &GroupChanges) -> Result<Strin
 pub fn remove_group(text: &str, name: &str) -> Result<String, EditError> {
     let mut doc = parse(text)?;
     let index =
-        group_index(&mut doc, name).ok_or_else(|| EditError::NoSuchGroup(name.to_owned()))?;
-    let members = tables(&mut doc, "eip")
+        group_index(&mut doc, name)?.ok_or_else(|| EditError::NoSuchGroup(name.to_owned()))?;
+    let members = tables(&mut doc, "eip")?
         .iter()
         .filter(|t| t.get("group").and_then(|g| g.as_str()) == Some(name))
         .count();
@@ -220,7 +259,7 @@ pub fn remove_group(text: &str, name: &str) -> Result<String, EditError> {
             members,
         });
     }
-    tables(&mut doc, "group").remove(index);
+    tables(&mut doc, "group")?.remove(index);
     Ok(doc.to_string())
 }
 
@@ -233,6 +272,23 @@ mod tests {
 
     fn valid(text: &str) -> Config {
         Config::parse(text, &AnyInterface).unwrap_or_else(|p| panic!("{p:?}\n{text}"))
+    }
+
+    /// Fuzzing found an `eip remove` that said it removed an EIP listed twice and left one.
+    #[test]
+    fn an_entry_listed_twice_or_a_key_of_another_shape_is_refused() {
+        let eip: IpAddr = "203.0.113.10".parse().unwrap();
+        let twice = format!("{BASE}\n[[eip]]\naddress = \"203.0.113.10\"\n");
+        let duplicate = Err(EditError::Duplicate {
+            what: "EIP 203.0.113.10".into(),
+            count: 2,
+        });
+        assert_eq!(remove_eip(&twice, eip), duplicate);
+        assert_eq!(set_eip(&twice, eip, &EipChanges::default()), duplicate);
+        assert_eq!(
+            set_eip("eip = 1\n", eip, &EipChanges::default()),
+            Err(EditError::NotTables { key: "eip" })
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! * [`rating`]: charges from figures by billing type, in exact decimal money (pure).
 //! * [`billing`]: the billing rules and figures (pure).
 //! * [`addr`]: what makes two spellings of an address the same EIP.
+//! * [`fuzz`]: one check per input surface, for the fuzzers and their regression test.
 pub mod addr;
 pub mod billing;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod edit;
 pub mod exposition;
+pub mod fuzz;
 pub mod inventory;
 pub mod policy;
 pub mod rating;

@@ -403,11 +403,22 @@ fn parse_ipv4(ctx: &TcContext, direction: Direction) -> Result<Metered, ()> {
     let version_ihl: u8 = unsafe { field(start, ETH_HLEN) };
     let ihl = u32::from(version_ihl & 0x0f) * 4;
     let total_len = u32::from(u16::from_be(unsafe { field(start, ETH_HLEN + 2) }));
+    let segments = wire_segments(ctx);
+    // A header the IP layer refuses after us (`ip_rcv`: another version, a header under 20
+    // bytes, a length under the header or past the frame's end) is not billed: a 64-byte frame
+    // claiming 65,535 bytes would otherwise bill a thousand times its size to the EIP it names.
+    // A super-packet's length field may be 0 (BIG TCP); its size is `skb->len`.
+    if version_ihl >> 4 != 4
+        || ihl < 20
+        || (segments <= 1
+            && (total_len < ihl || total_len > ctx.len().saturating_sub(ETH_HLEN as u32)))
+    {
+        return Err(());
+    }
     let addr: u32 = match direction {
         Direction::Inbound => unsafe { field(start, ETH_HLEN + 16) }, // destination
         Direction::Outbound => unsafe { field(start, ETH_HLEN + 12) }, // source
     };
-    let segments = wire_segments(ctx);
     let header_len = if segments > 1 {
         let proto: u8 = unsafe { field(start, ETH_HLEN + 9) };
         ihl + l4_header_len(ctx, proto, ETH_HLEN + ihl as usize)?
@@ -427,12 +438,20 @@ fn parse_ipv6(ctx: &TcContext, direction: Direction) -> Result<Metered, ()> {
     const MIN_HEADERS: usize = ETH_HLEN + IPV6_HLEN as usize;
     let start = linear_headers(ctx, MIN_HEADERS)?;
     // SAFETY (all reads below): offsets within the first MIN_HEADERS bytes.
+    let version: u8 = unsafe { field(start, ETH_HLEN) };
     let payload_len = u32::from(u16::from_be(unsafe { field(start, ETH_HLEN + 4) }));
+    // As for IPv4: what `ipv6_rcv` refuses (another version, a payload past the frame's end) is
+    // not billed. A super-packet's length field may be 0 (BIG TCP); its size is `skb->len`.
+    let segments = wire_segments(ctx);
+    if version >> 4 != 6
+        || (segments <= 1 && IPV6_HLEN + payload_len > ctx.len().saturating_sub(ETH_HLEN as u32))
+    {
+        return Err(());
+    }
     let addr: [u32; 4] = match direction {
         Direction::Inbound => unsafe { field(start, ETH_HLEN + 24) }, // destination
         Direction::Outbound => unsafe { field(start, ETH_HLEN + 8) }, // source
     };
-    let segments = wire_segments(ctx);
     let header_len = if segments > 1 {
         // GSO is only built for TCP/UDP directly after the fixed header.
         let next_header: u8 = unsafe { field(start, ETH_HLEN + 6) };

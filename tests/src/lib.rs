@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod delayline;
 pub mod frames;
 pub mod http;
+pub mod packet_fuzz;
 pub mod postgres;
 pub mod prometheus;
 pub mod sandbox;
@@ -72,6 +73,21 @@ pub fn run_cmd(program: &str, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command that may fail: whether it succeeded, and its stdout and stderr together.
+pub fn outcome(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed by cargo xtask setup)"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// A named network namespace (`/run/netns/<name>`), removed on drop.

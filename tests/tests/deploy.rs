@@ -25,19 +25,7 @@ fn binary() -> &'static Path {
 /// The exposure score `systemd-analyze security` gives the shipped unit (README states it).
 const EXPOSURE: &str = "4.2 OK";
 
-fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (installed by cargo xtask setup)"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use eip_meter_tests::outcome as output;
 
 #[test]
 fn promtool_accepts_the_rules_their_unit_tests_and_the_example_config() {

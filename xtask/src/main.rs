@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 /// Developer and CI tasks for eip-meter.
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -31,12 +33,26 @@ enum Task {
     /// print its counters next to what was sent, its samples, /metrics, the report, and write
     /// a chart to target/demo/chart.svg (and .png); then clean up. Needs root.
     Demo,
-    /// Set up and run every test: unit, property and network-namespace integration tests.
-    /// Needs root; the eBPF and namespace tests are never skipped.
+    /// Set up and run every test: unit, property and network-namespace integration tests,
+    /// then a short pass of every fuzzer (`EIP_METER_FUZZ_SECONDS` each, default 10; not when a
+    /// test filter is given). Needs root; the eBPF and namespace tests are never skipped.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Set up and run every fuzzer for `--seconds` each: the parsers (config, config editor,
+    /// compute's CSVs, store record files, price and plans files) with cargo fuzz on the nightly
+    /// toolchain over `fuzz/corpus`, and the packet path through BPF_PROG_TEST_RUN. A finding
+    /// fails the run and is saved under target/fuzz/artifacts; figures in
+    /// target/fuzz/report.json. Needs root (the packet fuzzer).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target: config, config_edit, compute_csv, store_records, prices, plans
+        /// or packets.
+        only: Option<String>,
     },
     /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
     /// prints tables and writes target/bench/{sampler,dataplane,metrics,store,inventory}.json.
@@ -81,6 +97,10 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&args)
+        }
+        Task::Fuzz { seconds, only } => {
+            setup()?;
+            fuzz::fuzz(seconds, only.as_deref())
         }
         Task::Bench { only } => {
             setup()?;
@@ -297,7 +317,17 @@ fn test(args: &[String]) -> Result<()> {
     run(cargo()
         .args(["test", "--no-fail-fast"])
         .arg("--")
-        .args(args))
+        .args(args))?;
+    if !args.is_empty() {
+        return Ok(());
+    }
+    let seconds = match env::var("EIP_METER_FUZZ_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .with_context(|| format!("EIP_METER_FUZZ_SECONDS={s} is not a number of seconds"))?,
+        Err(_) => 10,
+    };
+    fuzz::fuzz(seconds, None)
 }
 
 fn bench(only: Option<&str>) -> Result<()> {

@@ -30,9 +30,29 @@ pub struct Calendar {
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
+#[serde(try_from = "RawMonth")]
 pub struct Month {
     pub year: i32,
     pub month: u32,
+}
+
+/// Years a bill can name: a month or day outside them in stored state is damage, refused
+/// where it is read rather than met by a time-zone conversion that cannot represent it.
+pub const BILLING_YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+#[derive(serde::Deserialize)]
+struct RawMonth {
+    year: i32,
+    month: u32,
+}
+
+impl TryFrom<RawMonth> for Month {
+    type Error = String;
+
+    fn try_from(raw: RawMonth) -> Result<Self, String> {
+        Month::new(raw.year, raw.month)
+            .ok_or_else(|| format!("month {}-{} out of range", raw.year, raw.month))
+    }
 }
 
 impl std::fmt::Display for Month {
@@ -42,6 +62,11 @@ impl std::fmt::Display for Month {
 }
 
 impl Month {
+    /// A month of [`BILLING_YEARS`].
+    pub fn new(year: i32, month: u32) -> Option<Self> {
+        (BILLING_YEARS.contains(&year) && (1..=12).contains(&month)).then_some(Self { year, month })
+    }
+
     pub fn of(date: NaiveDate) -> Self {
         Self {
             year: date.year(),

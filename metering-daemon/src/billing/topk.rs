@@ -28,6 +28,11 @@ impl TopK {
         self.k = k;
     }
 
+    /// How many values it keeps at most.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

@@ -213,8 +213,7 @@ pub(super) fn bill(args: BillArgs) -> anyhow::Result<ExitCode> {
         // A bad price file is found before anything is written.
         let prices = match &args.prices {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let text = super::read_settings(path)?;
                 match crate::rating::Prices::parse(&text) {
                     Ok(p) => Some(p),
                     Err(problems) => {

@@ -17,7 +17,7 @@ mod charges;
 mod compute;
 mod inventory;
 mod offline;
-mod rate;
+pub(crate) mod rate;
 mod run;
 mod status;
 
@@ -26,6 +26,7 @@ use std::{
     process::ExitCode,
 };
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::error;
 
@@ -171,15 +172,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Reads a file that decides prices or plans: refused when every local user may write it,
+/// with a warning when its group may.
+fn read_settings(path: &Path) -> anyhow::Result<String> {
+    use crate::config::permissions::{self, Exposure};
+    match permissions::mode_of(path).map(|mode| permissions::settings_file(path, mode)) {
+        Some(Exposure::Refuse(message)) => anyhow::bail!(message),
+        Some(Exposure::Warn(message)) => eprintln!("warning: {message}"),
+        _ => {}
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 fn load_config(path: &Path, host: &dyn HostCheck) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    Config::parse(&text, host).map_err(|problems| ConfigError::Invalid {
-        path: path.to_owned(),
-        problems,
-    })
+    Config::load_with(path, host)
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -113,24 +113,81 @@ fn read(path: &PathBuf) -> anyhow::Result<String> {
 }
 
 pub(super) fn rate(args: &RateArgs) -> anyhow::Result<ExitCode> {
-    let figures: FiguresFile = serde_json::from_str(&read(&args.figures)?).with_context(|| {
-        format!(
+    let figures = read(&args.figures)?;
+    let plans = super::read_settings(&args.plans)?;
+    let prices = super::read_settings(&args.prices)?;
+    let inputs = Inputs {
+        figures: &figures,
+        plans: &plans,
+        prices: &prices,
+        from: args.from.as_deref(),
+        to: args.to.as_deref(),
+    };
+    match rate_inputs(&inputs) {
+        Ok(rated) => {
+            print_lines(&rated.lines, &rated.currency, &rated.calendar, args.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(RateError::Figures(e)) => Err(e.context(format!(
             "{} is not `eip-meter compute` output",
             args.figures.display()
-        )
-    })?;
-    let prices = match Prices::parse(&read(&args.prices)?) {
-        Ok(p) => p,
-        Err(problems) => {
+        ))),
+        Err(RateError::Prices(problems)) => {
             for p in problems {
                 eprintln!("{}: {p}", args.prices.display());
             }
-            return Ok(ExitCode::FAILURE);
+            Ok(ExitCode::FAILURE)
         }
-    };
-    let plans: PlansFile = toml::from_str(&read(&args.plans)?)
-        .with_context(|| format!("invalid plans file {}", args.plans.display()))?;
-    let calendar = Calendar::new(&figures.timezone, 300)?;
+        Err(RateError::PlansFile(e)) => {
+            Err(e.context(format!("invalid plans file {}", args.plans.display())))
+        }
+        Err(RateError::Plans(problems)) => {
+            for p in &problems {
+                eprintln!("{}: {p}", args.plans.display());
+            }
+            eprintln!("{} problem(s); nothing rated", problems.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(RateError::Window(e)) => Err(e),
+    }
+}
+
+/// What `rate` reads, as text (the command reads it from files; the fuzzers give it directly).
+pub(crate) struct Inputs<'a> {
+    pub figures: &'a str,
+    pub plans: &'a str,
+    pub prices: &'a str,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+}
+
+/// The charge lines of every subject with a plan, sorted by settlement.
+pub(crate) struct Rated {
+    pub lines: Vec<ChargeLine>,
+    pub currency: String,
+    pub calendar: Calendar,
+}
+
+/// Why nothing was rated; each says which input was wrong.
+#[derive(Debug)]
+pub(crate) enum RateError {
+    Figures(anyhow::Error),
+    Prices(Vec<crate::config::Problem>),
+    PlansFile(anyhow::Error),
+    /// One line per subject that could not be rated.
+    Plans(Vec<String>),
+    Window(anyhow::Error),
+}
+
+/// Rates every subject of the plans, all or nothing.
+pub(crate) fn rate_inputs(inputs: &Inputs) -> Result<Rated, RateError> {
+    let figures: FiguresFile =
+        serde_json::from_str(inputs.figures).map_err(|e| RateError::Figures(e.into()))?;
+    let prices = Prices::parse(inputs.prices).map_err(RateError::Prices)?;
+    let plans: PlansFile =
+        toml::from_str(inputs.plans).map_err(|e| RateError::PlansFile(e.into()))?;
+    let calendar =
+        Calendar::new(&figures.timezone, 300).map_err(|e| RateError::Figures(e.into()))?;
     let last_day_end = figures
         .eips
         .values()
@@ -139,19 +196,17 @@ pub(super) fn rate(args: &RateArgs) -> anyhow::Result<ExitCode> {
         .max()
         .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
         .map(|d| calendar.day_bounds(d).1);
-    let window = Window {
-        from: args
-            .from
-            .as_deref()
-            .map(time)
-            .transpose()?
-            .unwrap_or(i64::MIN),
-        to: match (&args.to, last_day_end) {
-            (Some(t), _) => time(t)?,
-            (None, Some(end)) => end,
-            (None, None) => anyhow::bail!("the figures have no day: give --to"),
-        },
-    };
+    let window = (|| {
+        anyhow::Ok(Window {
+            from: inputs.from.map(time).transpose()?.unwrap_or(i64::MIN),
+            to: match (inputs.to, last_day_end) {
+                (Some(t), _) => time(t)?,
+                (None, Some(end)) => end,
+                (None, None) => anyhow::bail!("the figures have no day: give --to"),
+            },
+        })
+    })()
+    .map_err(RateError::Window)?;
     let empty = SubjectFigures {
         days: BTreeMap::new(),
         months: BTreeMap::new(),
@@ -198,17 +253,16 @@ pub(super) fn rate(args: &RateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("{}: {p}", args.plans.display());
-        }
-        eprintln!("{} problem(s); nothing rated", problems.len());
-        return Ok(ExitCode::FAILURE);
+        return Err(RateError::Plans(problems));
     }
     lines.sort_by(|a, b| {
         (a.settled_at, &a.subject, a.from).cmp(&(b.settled_at, &b.subject, b.from))
     });
-    print_lines(&lines, &prices.currency, &calendar, args.json);
-    Ok(ExitCode::SUCCESS)
+    Ok(Rated {
+        lines,
+        currency: prices.currency,
+        calendar,
+    })
 }
 
 fn rate_one(

@@ -12,6 +12,11 @@ use std::{
 pub trait HostCheck {
     fn interface_exists(&self, name: &str) -> bool;
 
+    /// The permission bits of a file the config names (secrets are checked with them).
+    fn file_mode(&self, _path: &Path) -> Option<u32> {
+        None
+    }
+
     /// Whether `/metrics` can be served at `addr`. A daemon of the same state directory that
     /// is running holds the address itself, which is fine (`validate` before a reload).
     fn can_listen(&self, _addr: SocketAddr, _state_dir: &Path) -> Result<(), String> {
@@ -31,6 +36,10 @@ pub struct CurrentNetns;
 impl HostCheck for CurrentNetns {
     fn interface_exists(&self, name: &str) -> bool {
         nix::net::if_::if_nametoindex(name).is_ok()
+    }
+
+    fn file_mode(&self, path: &Path) -> Option<u32> {
+        super::permissions::mode_of(path)
     }
 
     fn can_listen(&self, addr: SocketAddr, state_dir: &Path) -> Result<(), String> {

@@ -13,6 +13,7 @@
 
 mod file;
 mod host;
+pub mod permissions;
 #[cfg(test)]
 mod tests;
 mod validate;

@@ -10,6 +10,7 @@ use std::{
 
 use toml::Spanned;
 
+use super::permissions::{self, Exposure};
 use super::{
     ApiConfig, ApiSection, ApiTcpConfig, BillingStoreConfig, DEFAULT_LOCAL_RETENTION_DAYS,
     STORE_PASSWORD_ENV,
@@ -55,14 +56,31 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates `path` against the current host.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, &CurrentNetns)
+    }
+
+    /// [`Config::load`] against `host`. A config file every local user may write is refused;
+    /// one its group may write is logged as a warning.
+    pub fn load_with(path: &Path, host: &dyn HostCheck) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &CurrentNetns).map_err(|problems| ConfigError::Invalid {
+        let invalid = |problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
-        })
+        };
+        match permissions::mode_of(path).map(|mode| permissions::settings_file(path, mode)) {
+            Some(Exposure::Refuse(message)) => {
+                return Err(invalid(vec![Problem {
+                    location: None,
+                    message,
+                }]));
+            }
+            Some(Exposure::Warn(message)) => tracing::warn!(path = %path.display(), "{message}"),
+            _ => {}
+        }
+        Self::parse(&text, host).map_err(invalid)
     }
 
     /// Parses and validates config text; every problem found is returned, not just the first.
@@ -256,6 +274,13 @@ impl Config {
                         format!("[billing_store]: {key} must be an absolute path"),
                     );
                 }
+                if let (Some(p), "password_file") = (path, key)
+                    && let Some(Exposure::Refuse(m)) = host
+                        .file_mode(p)
+                        .map(|mode| permissions::secret_file(p, mode))
+                {
+                    problem(span.clone(), format!("[billing_store]: {m}"));
+                }
             }
             let store = BillingStoreConfig {
                 url: url.clone(),
@@ -269,7 +294,7 @@ impl Config {
             billing_store = Some(store);
         }
 
-        let api = validate_api(file.api.as_ref(), &instance, &mut problem);
+        let api = validate_api(file.api.as_ref(), &instance, host, &mut problem);
         let lifecycle = validate_lifecycle(file.lifecycle.as_ref(), &mut problem);
         let mut plans = Vec::with_capacity(file.eips.len());
         for eip in &file.eips {
@@ -581,6 +606,7 @@ fn validate_lifecycle(
 fn validate_api(
     section: Option<&Spanned<ApiSection>>,
     instance: &str,
+    host: &dyn HostCheck,
     problem: &mut impl FnMut(Range<usize>, String),
 ) -> ApiConfig {
     let mut api = ApiConfig::for_instance(instance);
@@ -634,6 +660,12 @@ fn validate_api(
             for (key, path) in [("tls_cert", cert), ("tls_key", key), ("token_file", token)] {
                 if !path.is_absolute() {
                     problem(span.clone(), format!("[api]: {key} must be an absolute path"));
+                }
+                if key != "tls_cert"
+                    && let Some(Exposure::Refuse(m)) =
+                        host.file_mode(path).map(|mode| permissions::secret_file(path, mode))
+                {
+                    problem(span.clone(), format!("[api]: {m}"));
                 }
             }
         }

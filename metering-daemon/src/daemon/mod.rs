@@ -136,6 +136,10 @@ struct Daemon {
     limits: Limits,
     /// After a lifecycle transition could not be applied: not before this (UNIX seconds).
     lifecycle_retry_at: f64,
+    /// While the store refuses writes: the boundary of the first round it refused, and
+    /// whether rounds are now skipped. One error per episode (and one when skipping starts),
+    /// not one per round.
+    store_refusing: Option<(i64, bool)>,
 }
 
 /// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
@@ -151,7 +155,7 @@ pub async fn run(
     // A state directory that cannot be written (ProtectSystem=strict without StateDirectory=)
     // would otherwise surface as an obscure SQLite error.
     let probe = state_dir.join(".writable");
-    std::fs::create_dir_all(&state_dir)
+    private_dir(&state_dir)
         .and_then(|()| std::fs::write(&probe, b""))
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|source| DaemonError::StateDir {
@@ -244,6 +248,7 @@ pub async fn run(
         inventory,
         limits,
         lifecycle_retry_at: 0.0,
+        store_refusing: None,
     };
     let mut shipper = None;
     if let Some(store) = daemon.config.billing_store.clone() {
@@ -370,6 +375,22 @@ pub async fn run(
         error!(error = %e, "final checkpoint not written; the next start replays from the last one");
     }
     daemon.dataplane.shutdown()?;
+    Ok(())
+}
+
+/// Creates the state directory as 0700, or makes it so: it holds every sample and the
+/// inventory, which no other local user needs to read.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        info!(path = %dir.display(), was = format!("{mode:04o}"), "state directory made private (0700)");
+    }
     Ok(())
 }
 

@@ -4,10 +4,13 @@
 use std::time::Instant;
 
 use metering_common::DropCounters;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Daemon, rfc3339};
-use crate::{exposition::tally::RoundFacts, sampling::Coverage};
+use crate::{
+    exposition::tally::RoundFacts,
+    sampling::{Coverage, MAX_PENDING_ROUNDS},
+};
 
 impl Daemon {
     /// The round at interval boundary `boundary`.
@@ -40,6 +43,13 @@ impl Daemon {
         let coverage = self.uplinks.gaps.coverage(boundary - step, boundary);
         match self.sampler.round_with(boundary, &readings, coverage) {
             Ok(r) => {
+                if let Some((since, _)) = self.store_refusing.take() {
+                    info!(
+                        since,
+                        boundary,
+                        "the store takes writes again; the rounds kept in memory are committed"
+                    );
+                }
                 self.uplinks.gaps.forget_before(boundary);
                 if coverage == Coverage::Incomplete {
                     warn!(boundary, interval_start = %rfc3339((boundary - step) as f64), samples = r.samples, "an uplink was not metered for part of this interval; its samples are marked partial");
@@ -85,9 +95,25 @@ impl Daemon {
                     "sampled"
                 );
             }
-            // Nothing of the round was committed; the next round covers it.
+            // Nothing of the round reached the store. Up to MAX_PENDING_ROUNDS rounds wait in
+            // memory and are committed first when it takes writes again; past that, rounds are
+            // skipped and the first round after the recovery covers them with one delta.
             Err(e) => {
-                error!(boundary, error = %e, "sampling round not committed");
+                let waiting = self.sampler.pending_commits();
+                let skipping = waiting >= MAX_PENDING_ROUNDS;
+                match self.store_refusing {
+                    None => {
+                        error!(boundary, waiting, limit = MAX_PENDING_ROUNDS, error = %e, "sampling round not committed: the store refuses writes; rounds are kept in memory and retried every round (the kernel keeps counting)");
+                    }
+                    Some((since, false)) if skipping => {
+                        error!(since, boundary, error = %e, "the store still refuses writes: further rounds are skipped until it recovers; the first round after that covers them as partial samples");
+                    }
+                    Some((since, _)) => {
+                        debug!(since, boundary, waiting, error = %e, "the store still refuses writes");
+                    }
+                }
+                let since = self.store_refusing.map_or(boundary, |(since, _)| since);
+                self.store_refusing = Some((since, skipping));
                 self.tally.round_failed();
             }
         }

@@ -42,10 +42,18 @@ impl Dataplane {
     pub fn load(config: &DataplaneConfig) -> Result<Self, DataplaneError> {
         let pin_dir = config.pin_dir();
         ensure_bpffs(&config.bpffs_root)?;
-        fs::create_dir_all(&pin_dir).map_err(|source| DataplaneError::PinDir {
-            path: pin_dir.clone(),
-            source,
-        })?;
+        // Owner only: the pins are the counters and caps themselves (each pin is 0600 too).
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&pin_dir)
+                .map_err(|source| DataplaneError::PinDir {
+                    path: pin_dir.clone(),
+                    source,
+                })?;
+        }
 
         let slots_pin = pin_dir.join(MAP_EIP_SLOTS);
         let reused = slots_pin.exists();

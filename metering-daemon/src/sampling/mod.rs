@@ -4,12 +4,15 @@
 //!
 //! * [`round`]: the per-round orchestration ([`Sampler`]).
 //! * [`groups`]: shared bandwidths' series from their members' samples summed per interval.
+//! * [`pending`]: commits the store refused, kept in order until it takes writes again.
 //! * [`coverage`]: the metering gaps of the uplinks, and which intervals they touched (pure).
 
 pub mod coverage;
 pub mod groups;
+mod pending;
 pub mod round;
 
 pub use coverage::Gaps;
 pub use groups::{GroupView, Groups};
+pub use pending::MAX_PENDING_ROUNDS;
 pub use round::{Coverage, EipView, RoundReport, Sampler};

@@ -9,7 +9,10 @@ use std::{collections::HashMap, net::IpAddr};
 use metering_common::TrafficCounters;
 use tracing::{error, info};
 
-use super::groups::Groups;
+use super::{
+    groups::Groups,
+    pending::{MAX_PENDING_ROUNDS, Pending},
+};
 use crate::{
     billing::{
         SampleState, average_bps,
@@ -96,6 +99,8 @@ pub struct Sampler {
     groups: Groups,
     /// Figures of shared bandwidths removed from the config, committed with the next round.
     closed_groups: Vec<(String, Closed)>,
+    /// Commits the store refused, oldest first (see [`super::pending`]).
+    pub(super) pending: Vec<Pending>,
 }
 
 impl Sampler {
@@ -118,6 +123,7 @@ impl Sampler {
             store,
             groups,
             closed_groups: Vec::new(),
+            pending: Vec::new(),
         };
         for (eip, series) in sampler.store.load_series(calendar)? {
             let snapshot = snapshots.remove(&eip);
@@ -248,10 +254,18 @@ impl Sampler {
         coverage: Coverage,
     ) -> Result<RoundReport, StoreError> {
         let started = std::time::Instant::now();
+        // Older refused commits go first. While the store still refuses them, this round is
+        // kept too, up to the limit; past it, it is skipped with nothing touched (the kernel
+        // keeps counting and the round after the store recovers covers it).
+        let deferred = match self.flush_pending() {
+            Ok(()) => None,
+            Err(e) if self.pending.len() >= MAX_PENDING_ROUNDS => return Err(e),
+            Err(e) => Some(e),
+        };
         let mut samples_blob = Vec::with_capacity(readings.len() * store::SAMPLE_RECORD);
         let mut sample_count = 0;
         let mut new_ids: Vec<(u32, IpAddr)> = Vec::new();
-        let mut next_id = self.store.next_id();
+        let mut next_id = self.next_new_id();
         let mut undo: Vec<(usize, Option<Snapshot>, Option<i64>)> =
             Vec::with_capacity(readings.len());
         let mut closed: Vec<(u32, Closed)> = Vec::new();
@@ -261,7 +275,6 @@ impl Sampler {
         let mut partial = 0;
         let mut counter_resets = 0;
         let mut opened: Vec<(u32, i64)> = Vec::new();
-        let group_undo = self.groups.begin();
         let step = i64::from(self.calendar.interval());
         let mut first_start = boundary - step;
         for (position, (eip, counters)) in readings.iter().enumerate() {
@@ -365,42 +378,61 @@ impl Sampler {
         };
         let commit_started = std::time::Instant::now();
         let snapshot_blob = self.snapshot_blob(boundary);
-        // Each series is checkpointed once a day, staggered over the day's rounds (about
-        // 1/288 of the EIPs per round), and when new: a restart replays at most a day of samples.
-        let checkpoint: Vec<(u32, &Series)> = to_checkpoint
-            .iter()
-            .map(|&(id, i)| (id, &self.states[i].series))
-            .collect();
-        let group_records = self.groups.records();
-        let committed = self.store.commit_round(RoundRecords {
-            host: &self.host,
-            boundary,
-            samples: &samples_blob,
-            snapshot: &snapshot_blob,
-            new_eips: &new_ids,
-            closed: &closed,
-            checkpoints: &checkpoint,
-            groups: group_records.as_deref(),
-            closed_groups: &closed_groups,
-            kind: match coverage {
-                Coverage::Complete => RoundKind::Complete,
-                Coverage::Incomplete => RoundKind::Incomplete,
-            },
-            first_start,
-            presence_opened: &opened,
-            presence_closed: &[],
-        });
-        if let Err(e) = committed {
-            self.groups.undo(group_undo);
-            // The snapshots move on only with a committed round, so the next round's delta
-            // covers this one as a whole.
-            for (i, snapshot, first_seen) in undo {
-                self.states[i].snapshot = snapshot;
-                self.states[i].first_seen = first_seen;
+        let kind = match coverage {
+            Coverage::Complete => RoundKind::Complete,
+            Coverage::Incomplete => RoundKind::Incomplete,
+        };
+        let committed = match deferred {
+            Some(e) => Err(e),
+            None => {
+                // Each series is checkpointed once a day, staggered over the day's rounds
+                // (about 1/288 of the EIPs per round), and when new: a restart replays at most
+                // a day of samples.
+                let checkpoint: Vec<(u32, &Series)> = to_checkpoint
+                    .iter()
+                    .map(|&(id, i)| (id, &self.states[i].series))
+                    .collect();
+                let group_records = self.groups.records();
+                self.store.commit_round(RoundRecords {
+                    host: &self.host,
+                    boundary,
+                    samples: &samples_blob,
+                    snapshot: &snapshot_blob,
+                    new_eips: &new_ids,
+                    closed: &closed,
+                    checkpoints: &checkpoint,
+                    groups: group_records.as_deref(),
+                    closed_groups: &closed_groups,
+                    kind,
+                    first_start,
+                    presence_opened: &opened,
+                    presence_closed: &[],
+                })
             }
-            for (_, eip) in new_ids {
-                let i = self.index[&eip];
-                self.states[i].store_id = None;
+        };
+        if let Err(e) = committed {
+            // The round stands in memory; its records wait for the store (`pending`).
+            let checkpoints = to_checkpoint
+                .iter()
+                .map(|&(id, i)| (id, self.states[i].eip))
+                .collect();
+            self.pending.push(Pending {
+                boundary,
+                samples: samples_blob,
+                snapshot: snapshot_blob,
+                new_eips: new_ids,
+                closed,
+                closed_groups,
+                kind,
+                first_start,
+                presence_opened: opened,
+                presence_closed: Vec::new(),
+                checkpoints,
+                forget: None,
+            });
+            self.closed_groups.clear();
+            if !in_order {
+                self.reorder(&order);
             }
             return Err(e);
         }
@@ -442,8 +474,9 @@ impl Sampler {
     }
 
     /// EIPs left the inventory at `at` with these final counters: their last (partial)
-    /// samples and figures are written, in one commit, and their state dropped. On error
-    /// nothing is committed and their state is kept.
+    /// samples and figures are written, in one commit, and their state dropped. When the store
+    /// refuses the commit, it waits in memory like a round (see [`super::pending`]) and the
+    /// error is returned: the EIPs are gone from the data plane either way.
     pub fn eips_removed(
         &mut self,
         removed: &[(IpAddr, TrafficCounters)],
@@ -452,6 +485,7 @@ impl Sampler {
         if removed.is_empty() {
             return Ok(());
         }
+        let deferred = self.flush_pending().err();
         let boundary = self.calendar.interval_start(at) + i64::from(self.calendar.interval());
         let calendar = self.calendar;
         let mut samples_blob = Vec::new();
@@ -461,7 +495,7 @@ impl Sampler {
         let mut opened = Vec::new();
         let mut presence_closed = Vec::with_capacity(removed.len());
         let mut first_start = boundary;
-        let mut next_id = self.store.next_id();
+        let mut next_id = self.next_new_id();
         let mut gone = std::collections::HashSet::with_capacity(removed.len());
         for (eip, last) in removed {
             let i = self.state_index(*eip);
@@ -512,40 +546,60 @@ impl Sampler {
         }
         // The snapshot written is everyone's but these EIPs'.
         let all = std::mem::take(&mut self.states);
-        let (leaving, staying): (Vec<EipState>, Vec<EipState>) =
-            all.into_iter().partition(|st| gone.contains(&st.eip));
-        self.states = staying;
-        let snapshot_blob = self.snapshot_blob(boundary);
-        let result = self.store.commit_removal(
-            RoundRecords {
-                host: &self.host,
-                boundary,
-                samples: &samples_blob,
-                snapshot: &snapshot_blob,
-                new_eips: &new_ids,
-                closed: &closed,
-                kind: RoundKind::Removal,
-                first_start,
-                presence_opened: &opened,
-                presence_closed: &presence_closed,
-                ..RoundRecords::default()
-            },
-            &forget,
-        );
-        if result.is_err() {
-            self.states.extend(leaving);
-        }
+        self.states = all
+            .into_iter()
+            .filter(|st| !gone.contains(&st.eip))
+            .collect();
         self.index = self
             .states
             .iter()
             .enumerate()
             .map(|(i, s)| (s.eip, i))
             .collect();
-        result
+        let snapshot_blob = self.snapshot_blob(boundary);
+        let committed = match deferred {
+            Some(e) => Err(e),
+            None => self.store.commit_removal(
+                RoundRecords {
+                    host: &self.host,
+                    boundary,
+                    samples: &samples_blob,
+                    snapshot: &snapshot_blob,
+                    new_eips: &new_ids,
+                    closed: &closed,
+                    kind: RoundKind::Removal,
+                    first_start,
+                    presence_opened: &opened,
+                    presence_closed: &presence_closed,
+                    ..RoundRecords::default()
+                },
+                &forget,
+            ),
+        };
+        if let Err(e) = committed {
+            self.pending.push(Pending {
+                boundary,
+                samples: samples_blob,
+                snapshot: snapshot_blob,
+                new_eips: new_ids,
+                closed,
+                closed_groups: Vec::new(),
+                kind: RoundKind::Removal,
+                first_start,
+                presence_opened: opened,
+                presence_closed,
+                checkpoints: Vec::new(),
+                forget: Some(forget),
+            });
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Checkpoints every series (clean shutdown: the next start replays nothing).
     pub fn checkpoint_all(&mut self) -> Result<(), StoreError> {
+        // Not before the waiting rounds: the snapshot written must follow theirs.
+        self.flush_pending()?;
         let all: Vec<(u32, &Series)> = self
             .states
             .iter()
@@ -565,6 +619,59 @@ impl Sampler {
         })?;
         self.groups.committed();
         self.closed_groups.clear();
+        Ok(())
+    }
+}
+
+/// Waiting commits (see [`super::pending`]).
+impl Sampler {
+    /// Rounds and removals waiting for the store.
+    pub fn pending_commits(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The id the next new EIP gets: after the store's, and after those of waiting commits.
+    pub(super) fn next_new_id(&self) -> u32 {
+        self.pending
+            .iter()
+            .flat_map(|p| p.new_eips.last())
+            .map(|(id, _)| id + 1)
+            .max()
+            .unwrap_or(0)
+            .max(self.store.next_id())
+    }
+
+    /// Commits every waiting round, oldest first; stops at the first the store refuses.
+    pub(super) fn flush_pending(&mut self) -> Result<(), StoreError> {
+        while let Some(p) = self.pending.first() {
+            let checkpoints: Vec<(u32, &Series)> = p
+                .checkpoints
+                .iter()
+                .filter_map(|(id, eip)| Some((*id, &self.states[*self.index.get(eip)?].series)))
+                .collect();
+            let groups = self.groups.records();
+            let records = RoundRecords {
+                host: &self.host,
+                boundary: p.boundary,
+                samples: &p.samples,
+                snapshot: &p.snapshot,
+                new_eips: &p.new_eips,
+                closed: &p.closed,
+                checkpoints: &checkpoints,
+                groups: groups.as_deref(),
+                closed_groups: &p.closed_groups,
+                kind: p.kind,
+                first_start: p.first_start,
+                presence_opened: &p.presence_opened,
+                presence_closed: &p.presence_closed,
+            };
+            match &p.forget {
+                Some(forget) => self.store.commit_removal(records, forget)?,
+                None => self.store.commit_round(records)?,
+            }
+            self.groups.committed();
+            self.pending.remove(0);
+        }
         Ok(())
     }
 }

@@ -68,7 +68,11 @@ impl Store {
         for (id, json) in legacy {
             let s =
                 serde_json::from_str::<Series>(&json).map_err(|e| corrupt(id, e.to_string()))?;
-            series.insert(id, s.with_calendar(calendar));
+            let s = s
+                .with_calendar(calendar)
+                .checked()
+                .map_err(|e| corrupt(id, e))?;
+            series.insert(id, s);
         }
         // File checkpoints are newer than any remaining JSON row of the same EIP.
         let files: Vec<(i64, i64)> = pair_rows(
@@ -88,7 +92,11 @@ impl Store {
                 if self.checkpoint_seq.get(id) == Some(seq) {
                     let s = postcard::from_bytes::<Series>(payload)
                         .map_err(|e| corrupt(id, e.to_string()))?;
-                    series.insert(id, s.with_calendar(calendar));
+                    let s = s
+                        .with_calendar(calendar)
+                        .checked()
+                        .map_err(|e| corrupt(id, e))?;
+                    series.insert(id, s);
                 }
             }
         }
@@ -167,7 +175,11 @@ impl Store {
             .map(|(name, payload)| {
                 let series = postcard::from_bytes::<Series>(payload)
                     .map_err(|e| corrupt(&name, e.to_string()))?;
-                Ok((name, series.with_calendar(calendar)))
+                let series = series
+                    .with_calendar(calendar)
+                    .checked()
+                    .map_err(|e| corrupt(&name, e))?;
+                Ok((name, series))
             })
             .collect()
     }

@@ -33,6 +33,7 @@ mod gaps;
 mod inventory;
 mod load;
 pub mod postgres;
+pub mod read_back;
 mod records;
 mod registrations;
 mod ship;
@@ -51,6 +52,7 @@ pub use commit::{RoundKind, RoundRecords};
 pub use figures::{StoredFigures, Subject};
 pub use gaps::GapRecord;
 pub use inventory::{AuditRow, InventoryChange, InventoryEntry, InventoryRecord, InventoryRow};
+pub use read_back::{ReadBack, RecordFile, read_back};
 pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_sample, encode_snapshot};
 pub use ship::{CommittedRound, PresenceRange};
 

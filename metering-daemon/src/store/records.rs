@@ -5,11 +5,11 @@
 use std::{io::Write as _, path::Path};
 
 use super::StoreError;
-use chrono::NaiveDate;
+use chrono::{Datelike as _, NaiveDate};
 
 use crate::billing::{
     SampleState,
-    calendar::Month,
+    calendar::{BILLING_YEARS, Month},
     samples::Snapshot,
     series::{Closed, DayFigures, MonthFigures, Sample, Series},
 };
@@ -362,6 +362,7 @@ pub(super) fn decode_figures(blob: &[u8]) -> Result<Vec<FigureRecord>, String> {
                 let days = i32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
                 let date = epoch()
                     .checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
+                    .filter(|d| BILLING_YEARS.contains(&d.year()))
                     .ok_or_else(|| bad(format!("day {days} out of range")))?;
                 let len = u32_at(take(&mut at, 4)?) as usize;
                 let mut r = Fields {
@@ -390,9 +391,9 @@ pub(super) fn decode_figures(blob: &[u8]) -> Result<Vec<FigureRecord>, String> {
             1 => {
                 let year = i32::from_le_bytes(take(&mut at, 4)?.try_into().expect("4 bytes"));
                 let month = u32::from(take(&mut at, 1)?[0]);
-                if !(1..=12).contains(&month) {
-                    return Err(bad(format!("month {month}")));
-                }
+                let Some(month) = Month::new(year, month) else {
+                    return Err(bad(format!("month {year}-{month}")));
+                };
                 let len = u32_at(take(&mut at, 4)?) as usize;
                 let mut r = Fields {
                     rest: take(&mut at, len)?,
@@ -417,7 +418,7 @@ pub(super) fn decode_figures(blob: &[u8]) -> Result<Vec<FigureRecord>, String> {
                     r.end().map(|()| f)
                 })()
                 .map_err(bad)?;
-                out.push(FigureRecord::Month(id, Month { year, month }, figures));
+                out.push(FigureRecord::Month(id, month, figures));
             }
             other => return Err(bad(format!("unknown kind {other}"))),
         }
@@ -433,7 +434,8 @@ mod tests {
 
     fn day() -> impl Strategy<Value = (NaiveDate, DayFigures)> {
         (
-            -100_000i64..100_000,
+            // 1970-01-01 to 9999-12-31 (BILLING_YEARS).
+            0i64..2_932_897,
             any::<[u32; 4]>(),
             any::<[u64; 6]>(),
             any::<f64>(),
@@ -462,7 +464,7 @@ mod tests {
 
     fn month() -> impl Strategy<Value = (Month, MonthFigures)> {
         (
-            -5000i32..5000,
+            BILLING_YEARS,
             1u32..=12,
             any::<[u32; 5]>(),
             any::<[u64; 5]>(),

@@ -33,7 +33,7 @@ pub(super) fn encode_registration(out: &mut Vec<u8>, eip: IpAddr, opened_from: O
 }
 
 /// One record: the address and the start of the presence range it opened.
-fn decode_registration(r: &[u8]) -> Result<(IpAddr, Option<i64>), String> {
+pub(super) fn decode_registration(r: &[u8]) -> Result<(IpAddr, Option<i64>), String> {
     let address: [u8; 16] = r[1..17].try_into().expect("16 bytes");
     let eip = match r[0] {
         4 => IpAddr::V4(Ipv4Addr::new(

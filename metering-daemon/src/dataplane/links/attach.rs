@@ -588,17 +588,46 @@ fn mode_name(mode: AttachMode) -> &'static str {
 }
 
 fn resolve_mode(mode: AttachMode) -> AttachMode {
+    mode_for_kernel(mode, KernelVersion::current().ok())
+}
+
+/// `auto`: TCX from 6.6 (where it appeared), netlink clsact filters before it or when the
+/// kernel's version cannot be read.
+fn mode_for_kernel(mode: AttachMode, kernel: Option<KernelVersion>) -> AttachMode {
     match mode {
-        AttachMode::Auto => {
-            let tcx = KernelVersion::current()
-                .map(|v| v >= KernelVersion::new(6, 6, 0))
-                .unwrap_or(false);
-            if tcx {
-                AttachMode::Tcx
-            } else {
-                AttachMode::Netlink
-            }
+        AttachMode::Auto if kernel.is_some_and(|v| v >= KernelVersion::new(6, 6, 0)) => {
+            AttachMode::Tcx
         }
+        AttachMode::Auto => AttachMode::Netlink,
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_to_netlink_on_a_kernel_without_tcx() {
+        let at = |major, minor| Some(KernelVersion::new(major, minor, 0));
+        assert_eq!(
+            mode_for_kernel(AttachMode::Auto, at(5, 15)),
+            AttachMode::Netlink
+        );
+        assert_eq!(
+            mode_for_kernel(AttachMode::Auto, at(6, 5)),
+            AttachMode::Netlink
+        );
+        assert_eq!(mode_for_kernel(AttachMode::Auto, None), AttachMode::Netlink);
+        assert_eq!(mode_for_kernel(AttachMode::Auto, at(6, 6)), AttachMode::Tcx);
+        assert_eq!(
+            mode_for_kernel(AttachMode::Auto, at(6, 18)),
+            AttachMode::Tcx
+        );
+        assert_eq!(mode_for_kernel(AttachMode::Tcx, at(5, 15)), AttachMode::Tcx);
+        assert_eq!(
+            mode_for_kernel(AttachMode::Netlink, at(6, 18)),
+            AttachMode::Netlink
+        );
     }
 }
