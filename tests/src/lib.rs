@@ -28,6 +28,7 @@ use anyhow::{Context, Result, ensure};
 
 pub mod daemon;
 pub mod delayline;
+pub mod disk;
 pub mod frames;
 pub mod http;
 pub mod packet_fuzz;

@@ -5,12 +5,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::Write as _,
     net::IpAddr,
     path::Path,
 };
 
-use eip_meter_tests::require_root;
+use eip_meter_tests::{disk::SmallDisk, require_root};
 use metering_common::{DirectionCounters, TrafficCounters};
 use metering_daemon::{
     billing::{calendar::Calendar, series::SeriesOptions},
@@ -43,49 +42,6 @@ fn sampler(db: &Path) -> Sampler {
         Store::open(db).unwrap(),
     )
     .unwrap()
-}
-
-/// A tmpfs of `size` mounted on a new temporary directory, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size},mode=0700").as_str()),
-        )
-        .unwrap();
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes a file until the disk is full.
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        // The last partial block may have fit in part: fill to the last byte.
-        while f.write_all(&[0]).is_ok() {}
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path().join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// Every sample in the store: (eip, start) -> (in, out, partial), failing on a duplicate.
@@ -132,7 +88,7 @@ fn totals(samples: &BTreeMap<(String, String), (u64, u64, bool)>) -> HashMap<Str
 #[test]
 fn a_full_state_disk_loses_nothing_and_commits_nothing_partial() {
     require_root();
-    let disk = SmallDisk::mount("64m");
+    let disk = SmallDisk::mount("64m").unwrap();
     let db = disk.path().join("samples.db");
     let eips: Vec<IpAddr> = ["203.0.113.10", "203.0.113.11", "2001:db8::12"]
         .iter()
@@ -165,7 +121,7 @@ fn a_full_state_disk_loses_nothing_and_commits_nothing_partial() {
     }
 
     // The disk fills up: across the day's end, and with an EIP removed meanwhile.
-    disk.fill();
+    disk.fill().unwrap();
     for _ in 0..8 {
         round += 1;
         assert!(s.round(T0 + round * STEP, &reading(round, true)).is_err());
@@ -184,7 +140,7 @@ fn a_full_state_disk_loses_nothing_and_commits_nothing_partial() {
         6
     );
 
-    disk.free();
+    disk.free().unwrap();
     round += 1;
     s.round(T0 + round * STEP, &reading(round, false)).unwrap();
     assert_eq!(s.pending_commits(), 0);
@@ -216,21 +172,21 @@ fn a_full_state_disk_loses_nothing_and_commits_nothing_partial() {
 #[test]
 fn past_the_limit_rounds_are_skipped_and_covered_by_one_delta() {
     require_root();
-    let disk = SmallDisk::mount("64m");
+    let disk = SmallDisk::mount("64m").unwrap();
     let db = disk.path().join("samples.db");
     let eip: IpAddr = "203.0.113.30".parse().unwrap();
     let mut s = sampler(&db);
     s.eip_added(eip, T0);
     let reading = |round: i64| vec![(eip, counters(1000 * round as u64, 0))];
     s.round(T0 + STEP, &reading(1)).unwrap();
-    disk.fill();
+    disk.fill().unwrap();
     let refused = MAX_PENDING_ROUNDS as i64 + 3;
     for round in 2..2 + refused {
         assert!(s.round(T0 + round * STEP, &reading(round)).is_err());
         assert!(s.pending_commits() <= MAX_PENDING_ROUNDS);
     }
     assert_eq!(s.pending_commits(), MAX_PENDING_ROUNDS);
-    disk.free();
+    disk.free().unwrap();
     let last = 2 + refused;
     s.round(T0 + last * STEP, &reading(last)).unwrap();
     let all = samples(&s);

@@ -54,6 +54,15 @@ enum Task {
         /// or packets.
         only: Option<String>,
     },
+    /// Set up and run the fault-injection soak for `--minutes`: traffic to many EIPs through the
+    /// namespace topology while the daemon is killed (-9, SIGTERM with keep), reloaded with
+    /// valid and invalid configs, and its state disk fills and frees; then every steady EIP's
+    /// samples are checked against the kernel's counters. Writes target/soak/report.json.
+    /// Needs root; not part of `test`.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+    },
     /// Set up and run the benchmarks (release build), each beside its baseline in the same run;
     /// prints tables and writes target/bench/{sampler,dataplane,metrics,store,inventory}.json.
     /// Needs root.
@@ -101,6 +110,10 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds, only } => {
             setup()?;
             fuzz::fuzz(seconds, only.as_deref())
+        }
+        Task::Soak { minutes } => {
+            setup()?;
+            soak(minutes)
         }
         Task::Bench { only } => {
             setup()?;
@@ -377,6 +390,34 @@ fn bench(only: Option<&str>) -> Result<()> {
             ))?;
     }
     Ok(())
+}
+
+fn soak(minutes: f64) -> Result<()> {
+    if !is_root() {
+        bail!("the soak loads eBPF programs and creates network namespaces: run it as root");
+    }
+    run(cargo().args([
+        "build",
+        "--package",
+        "metering-daemon",
+        "--bin",
+        "eip-meter",
+    ]))?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "eip-meter-tests",
+            "--bin",
+            "eip-meter-soak",
+            "--",
+            "--minutes",
+        ])
+        .arg(minutes.to_string())
+        .arg("--out")
+        .arg(target_dir().join("soak/report.json"))
+        .arg(target_dir().join("debug/eip-meter")))
 }
 
 fn demo() -> Result<()> {
