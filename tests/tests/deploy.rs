@@ -23,7 +23,7 @@ fn binary() -> &'static Path {
 }
 
 /// The exposure score `systemd-analyze security` gives the shipped unit (README states it).
-const EXPOSURE: &str = "4.2 OK";
+const EXPOSURE: &str = "3.9 OK";
 
 use eip_meter_tests::outcome as output;
 
@@ -202,7 +202,8 @@ fn the_unit_starts_under_the_sandbox_it_declares() {
     }
     let _pins = Cleanup(pin_dir.clone());
 
-    let command = |line: &str, with_state: bool| -> Command {
+    // `line` of the unit, run under the sandbox `unit_text` declares.
+    let command_in = |unit_text: &str, line: &str| -> Command {
         let mut words = line.split_whitespace();
         let mut cmd = topo.router.command(words.next().unwrap()).unwrap();
         cmd.args(words).env_clear().env("PATH", "/usr/bin:/bin");
@@ -210,14 +211,17 @@ fn the_unit_starts_under_the_sandbox_it_declares() {
             let (k, v) = env.split_once('=').unwrap();
             cmd.env(k, v);
         }
-        let mut sandboxed = Unit::parse(&unit_text);
-        if !with_state {
-            sandboxed = Unit::parse(&unit_text.replace("StateDirectory=eip-meter\n", ""));
-        }
-        Sandbox::for_unit(&sandboxed, Some(&state_dir), &binds)
+        Sandbox::for_unit(&Unit::parse(unit_text), Some(&state_dir), &binds)
             .unwrap()
             .apply(&mut cmd);
         cmd
+    };
+    let command = |line: &str, with_state: bool| -> Command {
+        if with_state {
+            command_in(&unit_text, line)
+        } else {
+            command_in(&unit_text.replace("StateDirectory=eip-meter\n", ""), line)
+        }
     };
 
     // ExecStartPre: validate, as the unit runs it.
@@ -279,4 +283,84 @@ fn the_unit_starts_under_the_sandbox_it_declares() {
     );
     let files = run_cmd("ls", &[state_dir.join("rounds").to_str().unwrap()]).unwrap();
     assert!(files.contains(".samples"), "{files}");
+
+    // Least privilege: the unit keeps exactly the capabilities the daemon needs. Without any
+    // one of them it cannot start, and says which operation was refused.
+    let kept = unit.one("CapabilityBoundingSet").unwrap().to_owned();
+    assert_eq!(kept, "CAP_BPF CAP_NET_ADMIN CAP_PERFMON");
+    assert_eq!(unit.one("AmbientCapabilities"), Some(kept.as_str()));
+    let spawn_with = |text: &str| {
+        let log = std::fs::File::create(&log_path).unwrap();
+        command_in(text, start)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    // Ready within 30 s (true), or exited with an error before that (false).
+    let started = |child: &mut std::process::Child| loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                !status.success(),
+                "exited cleanly at start:\n{}",
+                read_log()
+            );
+            break false;
+        }
+        if read_log().contains(r#""message":"ready""#) {
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (cap, refused) in [
+        (
+            "CAP_BPF",
+            "cannot load the eBPF object: map error: failed to create map",
+        ),
+        (
+            "CAP_NET_ADMIN",
+            "BPF_PROG_LOAD syscall returned Operation not permitted",
+        ),
+        (
+            "CAP_PERFMON",
+            "pointer arithmetic with it prohibited for !root",
+        ),
+    ] {
+        let fewer: Vec<&str> = kept.split_whitespace().filter(|c| *c != cap).collect();
+        let text = unit_text.replace(&kept, &fewer.join(" "));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let mut child = spawn_with(&text);
+        let ran = started(&mut child);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!ran, "the daemon started without {cap}:\n{}", read_log());
+        assert!(
+            read_log().contains(refused),
+            "without {cap}:\n{}",
+            read_log()
+        );
+    }
+    // With them, a restart with `on_exit = "keep"` takes the pinned links over.
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let config = std::fs::read_to_string(etc_dir.join("eip-meter.toml")).unwrap();
+    std::fs::write(
+        etc_dir.join("eip-meter.toml"),
+        config.replace("[dataplane]\n", "[dataplane]\non_exit = \"keep\"\n"),
+    )
+    .unwrap();
+    for round in ["first start", "restart"] {
+        let mut child = spawn_with(&unit_text);
+        assert!(started(&mut child), "{round}:\n{}", read_log());
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        assert!(child.wait().unwrap().success(), "{round}:\n{}", read_log());
+    }
+    assert!(
+        read_log().contains(r#""took_over":true"#) && !read_log().contains("cannot verify"),
+        "the restart took the pinned links over and verified them:\n{}",
+        read_log()
+    );
+    let _ = std::fs::remove_dir_all(&pin_dir);
 }

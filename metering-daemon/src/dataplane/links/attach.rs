@@ -306,7 +306,7 @@ impl Dataplane {
         let cause = match (&severed, current) {
             (Some(_), _) => Some(LossCause::PinnedLinkSevered),
             (None, None) => Some(LossCause::PinnedLinkElsewhere),
-            (None, Some(ifindex)) => match self.programs_in_place(&up.name, ifindex) {
+            (None, Some(ifindex)) => match self.programs_in_place(ifindex) {
                 Ok(true) => None,
                 Ok(false) | Err(_) => Some(LossCause::PinnedLinkElsewhere),
             },
@@ -390,7 +390,7 @@ impl Dataplane {
         if let (Some(attachment), Some(ifindex)) = (&up.attachment, current)
             && attachment.ifindex == ifindex
         {
-            match self.programs_in_place(&up.name, ifindex) {
+            match self.programs_in_place(ifindex) {
                 Ok(true) => {
                     up.last_seen = now;
                     return Ok(());
@@ -457,11 +457,11 @@ impl Dataplane {
         }
     }
 
-    /// Whether both our programs are on interface `ifindex` (named `name`).
-    fn programs_in_place(&mut self, name: &str, ifindex: u32) -> io::Result<bool> {
+    /// Whether both our programs are on interface `ifindex`.
+    fn programs_in_place(&mut self, ifindex: u32) -> io::Result<bool> {
         let ids = self.program_ids().map_err(io::Error::other)?;
         for ((_, attach_type, _), id) in DIRECTIONS.iter().zip(ids) {
-            if !query::is_attached(self.uplinks.mode, name, ifindex, *attach_type, id)? {
+            if !query::is_attached(self.uplinks.mode, ifindex, *attach_type, id)? {
                 return Ok(false);
             }
         }

@@ -2,7 +2,7 @@
 
 use std::{ffi::CStr, io};
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::TcAttachType;
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -31,10 +31,9 @@ pub(super) fn name_of(ifindex: u32) -> Option<String> {
 }
 
 /// Whether the program with id `program_id` is attached at `direction` of interface
-/// `name` (index `ifindex`), the way `mode` attaches.
+/// `ifindex`, the way `mode` attaches.
 pub(super) fn is_attached(
     mode: AttachMode,
-    name: &str,
     ifindex: u32,
     direction: TcAttachType,
     program_id: u32,
@@ -43,11 +42,66 @@ pub(super) fn is_attached(
         AttachMode::Netlink => {
             Ok(bpf_filter_program_ids(ifindex, direction)?.contains(&program_id))
         }
-        _ => {
-            let (_, programs) = SchedClassifier::query_tcx(name, direction)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            Ok(programs.iter().any(|p| p.id() == program_id))
+        _ => Ok(tcx_program_ids(ifindex, direction)?.contains(&program_id)),
+    }
+}
+
+/// Ids of the programs TCX runs at `direction` of `ifindex` (`BPF_PROG_QUERY`). aya's
+/// `query_tcx` also opens every program by its id, which takes CAP_SYS_ADMIN; the ids alone
+/// take CAP_NET_ADMIN, so the daemon does without CAP_SYS_ADMIN.
+fn tcx_program_ids(ifindex: u32, direction: TcAttachType) -> io::Result<Vec<u32>> {
+    /// The `BPF_PROG_QUERY` part of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    let mut ids = vec![0u32; 16];
+    loop {
+        let mut attr = QueryAttr {
+            target_ifindex: ifindex,
+            attach_type: match direction {
+                TcAttachType::Egress => BPF_TCX_EGRESS,
+                _ => BPF_TCX_INGRESS,
+            },
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: ids.len() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid BPF_PROG_QUERY attribute whose `prog_ids` points at
+        // `prog_cnt` writable u32s; the kernel writes at most that many.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut QueryAttr,
+                std::mem::size_of::<QueryAttr>() as u32,
+            )
+        };
+        if ret == 0 {
+            ids.truncate(attr.prog_cnt as usize);
+            return Ok(ids);
         }
+        let e = io::Error::last_os_error();
+        // More programs than room: the kernel says how many there are.
+        if e.raw_os_error() == Some(libc::ENOSPC) && attr.prog_cnt as usize > ids.len() {
+            ids.resize(attr.prog_cnt as usize, 0);
+            continue;
+        }
+        return Err(e);
     }
 }
 
