@@ -430,13 +430,20 @@ pub fn hex(f: &[u8]) -> String {
 /// breaks an invariant, naming its seed, index and bytes.
 pub fn run(duration: Duration, seed: u64) -> Result<Report> {
     let mut dp = dataplane("fuzz")?;
+    let outcome = fuzz_frames(&mut dp, duration, seed);
+    // Unpinned whether or not a frame failed.
+    dp.shutdown()?;
+    outcome
+}
+
+fn fuzz_frames(dp: &mut Dataplane, duration: Duration, seed: u64) -> Result<Report> {
     let mut rng = Rng::new(seed);
     let mut report = Report::default();
     let started = Instant::now();
     while started.elapsed() < duration {
         let f = random_frame(&mut rng);
         for program in [PROG_INGRESS, PROG_EGRESS] {
-            let outcome = check_frame(&mut dp, program, &f)
+            let outcome = check_frame(dp, program, &f)
                 .with_context(|| format!("seed {seed}, frame {}", report.frames))?;
             match outcome {
                 None => report.refused_by_the_kernel += 1,
@@ -452,9 +459,7 @@ pub fn run(duration: Duration, seed: u64) -> Result<Report> {
         }
         report.frames += 1;
     }
-    let drops: u64 = counts(&dp)?.eips.iter().map(|e| e.2).sum();
-    report.dropped = drops;
-    dp.shutdown()?;
+    report.dropped = counts(dp)?.eips.iter().map(|e| e.2).sum();
     if report.frames == 0 {
         bail!("no frame was run");
     }

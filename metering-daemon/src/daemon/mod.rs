@@ -373,6 +373,12 @@ pub async fn run(
     let _ = std::fs::remove_file(&daemon.uplinks.status_path);
     if let Err(e) = daemon.sampler.checkpoint_all() {
         error!(error = %e, "final checkpoint not written; the next start replays from the last one");
+        let waiting = daemon.sampler.pending_commits();
+        if waiting > 0 {
+            // With `keep` the kernel's counters stay and the next start's first round covers
+            // these intervals; with `detach` they leave with the maps.
+            error!(rounds = waiting, on_exit = ?daemon.config.dataplane.on_exit, "rounds the store refused are lost from it at this stop");
+        }
     }
     daemon.dataplane.shutdown()?;
     Ok(())

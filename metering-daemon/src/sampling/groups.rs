@@ -79,12 +79,6 @@ pub struct Groups {
     changed: bool,
 }
 
-/// What [`Groups::begin`] saves so a failed commit can be undone.
-pub struct Undo {
-    series: Vec<Series>,
-    sums: BTreeMap<(usize, i64), Sum>,
-}
-
 impl Groups {
     /// The groups as the store left them (their membership comes with the next
     /// [`Groups::configure`]).
@@ -242,22 +236,6 @@ impl Groups {
         self.list.is_empty()
     }
 
-    /// Saves what a round changes, before it starts.
-    pub fn begin(&self) -> Undo {
-        Undo {
-            series: self.list.iter().map(|g| g.series.clone()).collect(),
-            sums: self.sums.clone(),
-        }
-    }
-
-    /// Puts back what [`Groups::begin`] saved (the round was not committed).
-    pub fn undo(&mut self, undo: Undo) {
-        for (g, s) in self.list.iter_mut().zip(undo.series) {
-            g.series = s;
-        }
-        self.sums = undo.sums;
-    }
-
     /// Adds a sample of `eip` to its group's sum for the sample's interval.
     pub fn add(&mut self, eip: &IpAddr, sample: &Sample) {
         if let Some(&i) = self.member_of.get(eip) {
@@ -368,18 +346,15 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_member_makes_the_sum_partial_and_undo_restores() {
+    fn a_partial_member_makes_the_sum_partial() {
         let mut g = groups();
         let a: IpAddr = "203.0.113.1".parse().unwrap();
         let b: IpAddr = "203.0.113.2".parse().unwrap();
-        let undo = g.begin();
         g.add(&a, &sample(T0, 10, SampleState::Measured));
         g.add(&b, &sample(T0, 10, SampleState::Partial));
         g.flush();
         let (_, day) = g.iter().next().unwrap().series.open_figures().day.unwrap();
         assert_eq!((day.measured_samples, day.partial_samples), (0, 1));
-        g.undo(undo);
-        assert!(g.iter().next().unwrap().series.open_figures().day.is_none());
     }
 
     #[test]

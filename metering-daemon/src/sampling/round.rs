@@ -266,8 +266,6 @@ impl Sampler {
         let mut sample_count = 0;
         let mut new_ids: Vec<(u32, IpAddr)> = Vec::new();
         let mut next_id = self.next_new_id();
-        let mut undo: Vec<(usize, Option<Snapshot>, Option<i64>)> =
-            Vec::with_capacity(readings.len());
         let mut closed: Vec<(u32, Closed)> = Vec::new();
         let mut to_checkpoint: Vec<(u32, usize)> = Vec::new();
         let mut order: Vec<usize> = Vec::with_capacity(readings.len());
@@ -355,7 +353,9 @@ impl Sampler {
             if st.snapshot.is_none() || checkpoint_turn(id, boundary, &calendar) {
                 to_checkpoint.push((id, i));
             }
-            undo.push((i, st.snapshot.replace(now), st.first_seen.take()));
+            // Committed now or kept pending: either way this round stands.
+            st.snapshot = Some(now);
+            st.first_seen = None;
         }
         let mut closed_groups: Vec<(String, Closed)> = self.groups.flush();
         closed_groups.extend(self.closed_groups.iter().cloned());
