@@ -26,6 +26,8 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
+pub mod billing_store;
+pub mod clock;
 pub mod daemon;
 pub mod delayline;
 pub mod disk;

@@ -91,6 +91,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     // renders the demo's and the tests' charts
     "chromium",
+    // steps the daemon's wall clock (LD_PRELOAD) in the clock-step test and the soak
+    "libfaketime",
 ];
 
 /// bpf-linker release known to work with the nightly's LLVM 22.

@@ -36,11 +36,17 @@ impl Snapshot {
 ///   delta, `Partial`.
 /// * One interval: `Measured`. Several (the daemon was down while the kernel kept counting):
 ///   the delta is spread evenly, the remainder on the last, all `Partial`.
+///
+/// The spread covers at most `max_intervals` (at least one), the last ones before `now.at`;
+/// earlier intervals of a longer gap get no sample (they are missing). The caller knows how
+/// much real time passed: a wall clock stepped forward by a year did not let a year of traffic
+/// through, and a year of 5-minute samples per EIP would not fit in memory.
 pub fn samples_since(
     prev: Option<Snapshot>,
     now: Snapshot,
     first_seen: i64,
     calendar: &Calendar,
+    max_intervals: u64,
 ) -> Vec<Sample> {
     let step = i64::from(calendar.interval());
     if let Some(one) = prev.and_then(|p| next_interval(p, now, step)) {
@@ -71,8 +77,9 @@ pub fn samples_since(
     if now.at <= from {
         return Vec::new();
     }
-    let count = ((now.at - from) / step).max(1) as u64;
-    if count > 1 {
+    let gap = ((now.at - from) / step).max(1) as u64;
+    let count = gap.min(max_intervals.max(1));
+    if gap > 1 {
         state = SampleState::Partial;
     }
     (0..count)
@@ -129,7 +136,13 @@ mod tests {
 
     #[test]
     fn one_interval_is_a_measured_delta() {
-        let s = samples_since(Some(snap(T0, 100, 50)), snap(T0 + 300, 250, 80), 0, &cal());
+        let s = samples_since(
+            Some(snap(T0, 100, 50)),
+            snap(T0 + 300, 250, 80),
+            0,
+            &cal(),
+            u64::MAX,
+        );
         assert_eq!(s.len(), 1);
         assert_eq!(
             (
@@ -144,7 +157,13 @@ mod tests {
 
     #[test]
     fn unchanged_counter_is_a_zero_sample() {
-        let s = samples_since(Some(snap(T0, 100, 50)), snap(T0 + 300, 100, 50), 0, &cal());
+        let s = samples_since(
+            Some(snap(T0, 100, 50)),
+            snap(T0 + 300, 100, 50),
+            0,
+            &cal(),
+            u64::MAX,
+        );
         assert_eq!(
             (s[0].inbound_bytes, s[0].outbound_bytes, s[0].state),
             (0, 0, SampleState::Measured)
@@ -158,6 +177,7 @@ mod tests {
             snap(T0 + 300, 700, 20),
             0,
             &cal(),
+            u64::MAX,
         );
         assert_eq!(
             (s[0].inbound_bytes, s[0].outbound_bytes, s[0].state),
@@ -168,7 +188,13 @@ mod tests {
     #[test]
     fn a_large_delta_after_an_outage_is_spread_and_conserved() {
         // Down for 4 intervals while the kernel counted 1001 bytes in.
-        let s = samples_since(Some(snap(T0, 0, 0)), snap(T0 + 4 * 300, 1001, 8), 0, &cal());
+        let s = samples_since(
+            Some(snap(T0, 0, 0)),
+            snap(T0 + 4 * 300, 1001, 8),
+            0,
+            &cal(),
+            u64::MAX,
+        );
         assert_eq!(s.len(), 4);
         assert_eq!(
             s.iter().map(|x| x.start).collect::<Vec<_>>(),
@@ -183,9 +209,40 @@ mod tests {
     }
 
     #[test]
+    fn a_spread_stops_at_its_limit_and_leaves_the_earlier_intervals_missing() {
+        // The wall clock jumped 10 intervals ahead while one interval of real time passed.
+        let s = samples_since(
+            Some(snap(T0, 0, 0)),
+            snap(T0 + 10 * 300, 901, 3),
+            0,
+            &cal(),
+            2,
+        );
+        assert_eq!(
+            s.iter().map(|x| x.start).collect::<Vec<_>>(),
+            vec![T0 + 8 * 300, T0 + 9 * 300]
+        );
+        assert_eq!(s.iter().map(|x| x.inbound_bytes).sum::<u64>(), 901);
+        assert_eq!(s.iter().map(|x| x.outbound_bytes).sum::<u64>(), 3);
+        assert!(s.iter().all(|x| x.state == SampleState::Partial));
+        // A limit of 0 still gives the bytes one interval.
+        let one = samples_since(
+            Some(snap(T0, 0, 0)),
+            snap(T0 + 10 * 300, 901, 3),
+            0,
+            &cal(),
+            0,
+        );
+        assert_eq!(
+            (one.len(), one[0].start, one[0].inbound_bytes),
+            (1, T0 + 9 * 300, 901)
+        );
+    }
+
+    #[test]
     fn a_new_eip_starts_partial_from_its_first_interval() {
         // Added at 00:02; first round at 00:10: intervals 00:00 and 00:05.
-        let s = samples_since(None, snap(T0 + 600, 10, 4), T0 + 120, &cal());
+        let s = samples_since(None, snap(T0 + 600, 10, 4), T0 + 120, &cal(), u64::MAX);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].start, T0);
         assert_eq!(s.iter().map(|x| x.inbound_bytes).sum::<u64>(), 10);
@@ -194,7 +251,14 @@ mod tests {
     #[test]
     fn the_same_boundary_twice_gives_nothing() {
         assert!(
-            samples_since(Some(snap(T0 + 300, 1, 1)), snap(T0 + 300, 5, 5), 0, &cal()).is_empty()
+            samples_since(
+                Some(snap(T0 + 300, 1, 1)),
+                snap(T0 + 300, 5, 5),
+                0,
+                &cal(),
+                u64::MAX
+            )
+            .is_empty()
         );
     }
 }

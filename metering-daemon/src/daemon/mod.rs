@@ -5,12 +5,14 @@
 //!
 //! * `mod.rs`: start-up, the loop, shutdown.
 //! * `round.rs`: one sampling round and the figures it publishes.
+//! * `clock.rs`: which boundary is due, and wall-clock steps.
 //! * `reload.rs`: applying a new config.
 //! * `admin.rs`: applying inventory changes (API batches and syncs, reloads), answering reads.
 //! * `lifecycle.rs`: expiry, renewal, freeze and release at their second.
 //! * `uplinks.rs`: logging, recording and publishing uplink changes.
 
 mod admin;
+mod clock;
 mod lifecycle;
 mod reload;
 mod round;
@@ -140,6 +142,8 @@ struct Daemon {
     /// whether rounds are now skipped. One error per episode (and one when skipping starts),
     /// not one per round.
     store_refusing: Option<(i64, bool)>,
+    /// The wall clock against the monotonic one, across rounds.
+    clock: clock::ClockWatch,
 }
 
 /// Runs the daemon until `shutdown` resolves. Each config received on `reloads` replaces the EIP
@@ -249,6 +253,7 @@ pub async fn run(
         limits,
         lifecycle_retry_at: 0.0,
         store_refusing: None,
+        clock: clock::ClockWatch::default(),
     };
     let mut shipper = None;
     if let Some(store) = daemon.config.billing_store.clone() {
@@ -339,7 +344,7 @@ pub async fn run(
         tokio::select! {
             () = sleep_for(lifecycle_wait) => daemon.run_lifecycle(),
             () = &mut shutdown => break,
-            () = tokio::time::sleep(wait) => daemon.round(boundary),
+            () = tokio::time::sleep(wait) => daemon.round_if_due(),
             notice = next_notice(&mut watcher) => match notice {
                 Some(notice) => {
                     if daemon.dataplane.concerns_uplink(&notice) {

@@ -6,15 +6,33 @@ use std::time::Instant;
 use metering_common::DropCounters;
 use tracing::{debug, error, info, warn};
 
-use super::{Daemon, rfc3339};
+use super::{Daemon, clock::Due, now_seconds, rfc3339};
 use crate::{
     exposition::tally::RoundFacts,
     sampling::{Coverage, MAX_PENDING_ROUNDS},
 };
 
 impl Daemon {
-    /// The round at interval boundary `boundary`.
-    pub(super) fn round(&mut self, boundary: i64) {
+    /// Woken for a boundary: the round the wall clock says is due, if any (see [`super::clock`]).
+    pub(super) fn round_if_due(&mut self) {
+        let (wall, mono) = (now_seconds(), Instant::now());
+        let last = self.sampler.last_boundary();
+        if let Due::Round {
+            boundary,
+            stepped_seconds,
+            max_intervals,
+        } = self.clock.due(wall, mono, last, &self.calendar)
+        {
+            self.round(boundary, stepped_seconds, max_intervals);
+            if self.sampler.last_boundary() >= Some(boundary) {
+                self.clock.round_stood(wall, mono);
+            }
+        }
+    }
+
+    /// The round at interval boundary `boundary`. When the wall clock stepped since the last
+    /// round, its samples are `partial` and a reading is spread over at most `max_intervals`.
+    fn round(&mut self, boundary: i64, stepped_seconds: Option<f64>, max_intervals: u64) {
         // Repair first: a round must not start with an uplink silently bare.
         self.check_uplinks();
         let step = i64::from(self.calendar.interval());
@@ -40,8 +58,20 @@ impl Daemon {
             Default::default()
         });
         let read_seconds = started.elapsed().as_secs_f64();
-        let coverage = self.uplinks.gaps.coverage(boundary - step, boundary);
-        match self.sampler.round_with(boundary, &readings, coverage) {
+        let mut coverage = self.uplinks.gaps.coverage(boundary - step, boundary);
+        if let Some(seconds) = stepped_seconds {
+            warn!(
+                boundary,
+                stepped_seconds = seconds.round() as i64,
+                spread_intervals = max_intervals,
+                "the wall clock stepped since the last round: this round's samples are marked partial, spread over the real time elapsed only (intervals the clock skipped stay missing)"
+            );
+            coverage = Coverage::Incomplete;
+        }
+        match self
+            .sampler
+            .round_spread(boundary, &readings, coverage, max_intervals)
+        {
             Ok(r) => {
                 if let Some((since, _)) = self.store_refusing.take() {
                     info!(
@@ -51,7 +81,7 @@ impl Daemon {
                     );
                 }
                 self.uplinks.gaps.forget_before(boundary);
-                if coverage == Coverage::Incomplete {
+                if coverage == Coverage::Incomplete && stepped_seconds.is_none() {
                     warn!(boundary, interval_start = %rfc3339((boundary - step) as f64), samples = r.samples, "an uplink was not metered for part of this interval; its samples are marked partial");
                 }
                 let expose_started = Instant::now();

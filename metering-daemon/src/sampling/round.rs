@@ -101,6 +101,8 @@ pub struct Sampler {
     closed_groups: Vec<(String, Closed)>,
     /// Commits the store refused, oldest first (see [`super::pending`]).
     pub(super) pending: Vec<Pending>,
+    /// The boundary of the newest round that stands (committed or waiting for the store).
+    last_round: Option<i64>,
 }
 
 impl Sampler {
@@ -124,6 +126,7 @@ impl Sampler {
             groups,
             closed_groups: Vec::new(),
             pending: Vec::new(),
+            last_round: None,
         };
         for (eip, series) in sampler.store.load_series(calendar)? {
             let snapshot = snapshots.remove(&eip);
@@ -133,6 +136,11 @@ impl Sampler {
             let series = Series::new(calendar, options, BandwidthHistory::default());
             sampler.insert_state(eip, Some(snapshot), series);
         }
+        sampler.last_round = sampler
+            .states
+            .iter()
+            .filter_map(|s| s.snapshot.map(|p| p.at))
+            .max();
         info!(eips = sampler.states.len(), "sampler state restored");
         Ok(sampler)
     }
@@ -161,12 +169,17 @@ impl Sampler {
         }
     }
 
-    /// The boundary of the last committed round (the newest counter snapshot), if any.
+    /// The boundary of the last round that stands (committed, or waiting for the store), if
+    /// any: a round at or before it would write nothing.
     pub fn last_boundary(&self) -> Option<i64> {
-        self.states
-            .iter()
-            .filter_map(|s| s.snapshot.map(|p| p.at))
-            .max()
+        self.last_round
+    }
+
+    /// The most intervals one reading is spread over when the daemon cannot tell how much
+    /// real time passed (after a restart): one day. A longer gap leaves its earlier intervals
+    /// missing rather than holding a sample per interval per EIP in memory.
+    pub fn default_spread(&self) -> u64 {
+        u64::from(self.calendar.samples_per_day())
     }
 
     pub fn store(&self) -> &Store {
@@ -253,6 +266,20 @@ impl Sampler {
         readings: &[(IpAddr, TrafficCounters)],
         coverage: Coverage,
     ) -> Result<RoundReport, StoreError> {
+        self.round_spread(boundary, readings, coverage, self.default_spread())
+    }
+
+    /// [`Sampler::round_with`], spreading a reading over at most `max_intervals` intervals (see
+    /// [`samples_since`]): the daemon passes the real time elapsed since its last round, so a
+    /// wall clock that stepped forward leaves the skipped intervals missing instead of
+    /// inventing traffic in them.
+    pub fn round_spread(
+        &mut self,
+        boundary: i64,
+        readings: &[(IpAddr, TrafficCounters)],
+        coverage: Coverage,
+        max_intervals: u64,
+    ) -> Result<RoundReport, StoreError> {
         let started = std::time::Instant::now();
         // Older refused commits go first. While the store still refuses them, this round is
         // kept too, up to the limit; past it, it is skipped with nothing touched (the kernel
@@ -303,7 +330,7 @@ impl Sampler {
             let new: &mut [Sample] = match &mut one {
                 Some(sample) => std::slice::from_mut(sample),
                 None => {
-                    many = samples_since(st.snapshot, now, first_seen, &calendar);
+                    many = samples_since(st.snapshot, now, first_seen, &calendar, max_intervals);
                     &mut many
                 }
             };
@@ -357,6 +384,8 @@ impl Sampler {
             st.snapshot = Some(now);
             st.first_seen = None;
         }
+        // Committed now or kept pending: either way this round stands.
+        self.last_round = Some(self.last_round.map_or(boundary, |l| l.max(boundary)));
         let mut closed_groups: Vec<(String, Closed)> = self.groups.flush();
         closed_groups.extend(self.closed_groups.iter().cloned());
         let mut report = RoundReport {
@@ -486,7 +515,12 @@ impl Sampler {
             return Ok(());
         }
         let deferred = self.flush_pending().err();
-        let boundary = self.calendar.interval_start(at) + i64::from(self.calendar.interval());
+        let step = i64::from(self.calendar.interval());
+        // Never at or before the last round (a wall clock behind it would leave the final
+        // bytes nowhere): at the latest, the interval after it.
+        let boundary = (self.calendar.interval_start(at) + step)
+            .max(self.last_round.map_or(i64::MIN, |l| l + step));
+        let max_intervals = self.default_spread();
         let calendar = self.calendar;
         let mut samples_blob = Vec::new();
         let mut new_ids = Vec::new();
@@ -506,6 +540,7 @@ impl Sampler {
                 Snapshot::of(boundary, last),
                 first_seen,
                 &calendar,
+                max_intervals,
             );
             if let Some(s) = new.last_mut() {
                 s.state = SampleState::Partial;

@@ -3,14 +3,17 @@
 //!
 //! Faults: `kill -9` and SIGTERM with `on_exit = "keep"` (each followed by a restart), SIGHUP
 //! with a valid config (an EIP resized, blocked or unblocked, a churn EIP added or removed) and
-//! with an invalid one, and the state directory's file system (a small tmpfs) filling up for a
-//! few rounds and freeing. Not injected: billing-store outages (tested in `billing_store`) and
-//! wall-clock steps (the daemon reads the real clock; there is no injectable one yet).
+//! with an invalid one, the state directory's file system (a small tmpfs) filling up for a few
+//! rounds and freeing, the billing store (a real PostgreSQL) going away and coming back, and the
+//! daemon's wall clock stepping forward and back (libfaketime: an offset the soak changes, read
+//! by the daemon at every clock read; its monotonic clock stays real, as under a real step).
 //!
 //! At the end, for every EIP that stayed in the inventory: the bytes in its samples equal the
-//! kernel's counters, no interval is written twice, the intervals from its first sample to its
-//! last have no gap (an outage is spread as `partial` samples), the daemon is alive, and
-//! `report`'s figures of the day equal `compute` over the exported samples for them.
+//! kernel's counters, no interval is written twice, every gap between its first sample and its
+//! last is one the daemon logged as skipped by a forward clock step (an outage is spread as
+//! `partial` samples, leaving no gap), the daemon is alive, and `report`'s figures of the day
+//! equal `compute` over the exported samples for them. For every EIP: the billing store holds
+//! exactly the local samples, each once.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -26,9 +29,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use eip_meter_tests::{
-    Daemon,
+    Daemon, billing_store,
+    clock::FakeClock,
     disk::SmallDisk,
     packet_fuzz::Rng,
+    postgres::Postgres,
     topology::{Topology, TopologyOptions, UPLINK, eip_v4},
 };
 use serde_json::json;
@@ -38,18 +43,27 @@ const INTERVAL_SECONDS: u32 = 2;
 const STEADY: u8 = 8;
 /// EIPs added and removed by reloads.
 const CHURN: u8 = 4;
+const HOST: &str = "router-a";
+/// The clock's offset stays within this many seconds of the real one.
+const OFFSET_RANGE: (i64, i64) = (-120, 900);
+/// Logged by the daemon when its clock is behind its last round, once per episode.
+const BEHIND: &str = "the wall clock is behind the last committed round (stepped back?): no round until it passes it; the kernel keeps counting and the first round after covers the wait as partial samples";
+/// Logged by the daemon for the first round after a clock step.
+const STEPPED: &str = "the wall clock stepped since the last round: this round's samples are marked partial, spread over the real time elapsed only (intervals the clock skipped stay missing)";
 
 #[derive(Default)]
 struct Inventory {
     /// Per steady EIP: its cap (Mbit/s) and whether it is blocked.
     caps: BTreeMap<IpAddr, (Option<u64>, bool)>,
     churn_present: BTreeSet<IpAddr>,
+    /// The `[billing_store]` section.
+    billing_store: String,
 }
 
 impl Inventory {
     fn config(&self, instance: &str, state_dir: &std::path::Path) -> String {
         let mut s = format!(
-            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{instance}\"\non_exit = \"keep\"\n\n[sampler]\nstate_dir = \"{}\"\nhost = \"router-a\"\ninterval_seconds = {INTERVAL_SECONDS}\ntimezone = \"UTC\"\n",
+            "[dataplane]\ninterfaces = [\"{UPLINK}\"]\nbpffs_root = \"/sys/fs/bpf/eip-meter-test\"\ninstance = \"{instance}\"\non_exit = \"keep\"\n\n[sampler]\nstate_dir = \"{}\"\nhost = \"{HOST}\"\ninterval_seconds = {INTERVAL_SECONDS}\ntimezone = \"UTC\"\n",
             state_dir.display()
         );
         for (eip, (cap, blocked)) in &self.caps {
@@ -64,6 +78,7 @@ impl Inventory {
         for eip in &self.churn_present {
             s.push_str(&format!("\n[[eip]]\naddress = \"{eip}\"\n"));
         }
+        s.push_str(&self.billing_store);
         s
     }
 }
@@ -75,6 +90,9 @@ struct Faults {
     sighup_valid: u32,
     sighup_invalid: u32,
     disk_full_episodes: u32,
+    clock_steps_forward: u32,
+    clock_steps_back: u32,
+    billing_store_outages: u32,
 }
 
 fn main() -> Result<()> {
@@ -107,12 +125,20 @@ fn main() -> Result<()> {
     let disk = SmallDisk::mount("64m")?;
     let state_dir = disk.path().join("state");
     let instance = topo.router.name().to_owned();
-    let mut inventory = Inventory::default();
+    let pg = Postgres::start(&binary)?;
+    pg.add_login_role("router_a", "secret-a", "eip_meter_daemon")?;
+    let mut clock = FakeClock::new()?;
+    let mut inventory = Inventory {
+        billing_store: pg.billing_store_section("router_a", "secret-a")?,
+        ..Inventory::default()
+    };
     for eip in &steady {
         inventory.caps.insert(*eip, (None, false));
     }
     let config = inventory.config(&instance, &state_dir);
-    let mut daemon = Daemon::start(&binary, &topo.router, &config, &steady)?;
+    let env = clock.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon = Daemon::start_with_env(&binary, &topo.router, &config, &steady, &env)?;
 
     // Traffic from the Internet host to every EIP, round robin, about 2,000 datagrams/s.
     let stop = Arc::new(AtomicBool::new(false));
@@ -141,7 +167,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     while started.elapsed() < duration {
         thread::sleep(Duration::from_millis(2_000 + rng.below(6_000) as u64));
-        match rng.below(6) {
+        match rng.below(8) {
             0 => {
                 daemon.kill()?;
                 thread::sleep(Duration::from_millis(500 + rng.below(3_000) as u64));
@@ -189,6 +215,22 @@ fn main() -> Result<()> {
                 std::fs::write(&daemon.config_path, inventory.config(&instance, &state_dir))?;
                 faults.sighup_invalid += 1;
             }
+            5 => {
+                let forward = rng.below(2) == 0;
+                if forward && clock.offset() < OFFSET_RANGE.1 - 60 {
+                    clock.step(10 + rng.below(50) as i64)?;
+                    faults.clock_steps_forward += 1;
+                } else if clock.offset() > OFFSET_RANGE.0 + 20 {
+                    clock.step(-(3 + rng.below(18) as i64))?;
+                    faults.clock_steps_back += 1;
+                }
+            }
+            6 => {
+                pg.stop_server()?;
+                thread::sleep(Duration::from_millis(2_000 + rng.below(13_000) as u64));
+                pg.start_server()?;
+                faults.billing_store_outages += 1;
+            }
             _ => {
                 disk.fill()?;
                 thread::sleep(Duration::from_secs(
@@ -202,20 +244,68 @@ fn main() -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let datagrams = sender.join()?;
-    // Two more rounds take the last traffic in.
-    thread::sleep(Duration::from_secs(u64::from(INTERVAL_SECONDS) * 2 + 1));
+    // Rounds take the last traffic in: wait for one whose interval starts a full interval
+    // after the traffic stopped, on the daemon's clock (after a step back it waits for its
+    // clock to pass its last round).
+    let stopped_at = clock.now() + i64::from(INTERVAL_SECONDS);
+    let settle_deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.samples()?.iter().map(|r| r.start).max() < Some(stopped_at) {
+        ensure!(
+            Instant::now() < settle_deadline,
+            "no round after the traffic stopped within 60 s\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
     ensure!(
         daemon.alive(),
         "the daemon died at the end\n{}",
         daemon.log()
     );
     let counters = daemon.counters()?;
-    thread::sleep(Duration::from_secs(u64::from(INTERVAL_SECONDS) + 1));
+    // The store takes every round up to the last, then the daemon stops (cleanly).
+    let last_round = daemon
+        .samples()?
+        .iter()
+        .map(|r| r.start)
+        .max()
+        .context("no sample")?
+        + i64::from(INTERVAL_SECONDS);
+    let ship_deadline = Instant::now() + Duration::from_secs(120);
+    while billing_store::shipped_boundary(&pg, HOST) < last_round {
+        ensure!(
+            Instant::now() < ship_deadline,
+            "not shipped up to {last_round} within 120 s (at {})\n{}",
+            billing_store::shipped_boundary(&pg, HOST),
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let store_refusals = daemon.log_events("sampling round not committed: the store refuses writes; rounds are kept in memory and retried every round (the kernel keeps counting)").len();
+    let stepped = daemon.log_events(STEPPED);
+    let behind = daemon.log_events(BEHIND).len();
+    ensure!(daemon.stop()?, "unclean exit at the end\n{}", daemon.log());
     let samples = daemon.samples()?;
+    let shipped = billing_store::compare_with_local(&pg, &samples, HOST)
+        .context("the billing store does not hold exactly the local samples")?;
+    let conflicts: i64 = pg.value("SELECT count(*) FROM sample_conflicts")?;
+    ensure!(conflicts == 0, "{conflicts} rows refused as conflicting");
+
+    // Where a forward step left intervals out: the first interval the round after it sampled.
+    let step = i64::from(INTERVAL_SECONDS);
+    let resumed_at: BTreeSet<i64> = stepped
+        .iter()
+        .filter(|e| e["fields"]["stepped_seconds"].as_i64().unwrap_or(0) > 0)
+        .filter_map(|e| {
+            let f = &e["fields"];
+            Some(f["boundary"].as_i64()? - f["spread_intervals"].as_i64()? * step)
+        })
+        .collect();
 
     // The books, per steady EIP.
     let mut checked = Vec::new();
     let mut partial = 0;
+    let mut skipped_by_clock = 0;
     for eip in &steady {
         let rows: Vec<_> = samples.iter().filter(|r| r.eip == *eip).collect();
         let starts: BTreeSet<i64> = rows.iter().map(|r| r.start).collect();
@@ -223,16 +313,15 @@ fn main() -> Result<()> {
             starts.len() == rows.len(),
             "{eip}: an interval written twice"
         );
-        let (first, last) = (
-            *starts.first().context("no sample")?,
-            *starts.last().context("no sample")?,
-        );
-        let expected = ((last - first) / i64::from(INTERVAL_SECONDS) + 1) as usize;
-        ensure!(
-            rows.len() == expected,
-            "{eip}: {} intervals from first to last, {expected} expected (a gap)",
-            rows.len()
-        );
+        for (a, b) in starts.iter().zip(starts.iter().skip(1)) {
+            if b - a > step {
+                ensure!(
+                    resumed_at.contains(b),
+                    "{eip}: intervals {a}..{b} missing, and no forward clock step explains them"
+                );
+                skipped_by_clock += ((b - a) / step - 1) as usize;
+            }
+        }
         let sampled: u64 = rows.iter().map(|r| r.bytes_in + r.bytes_out).sum();
         let c = counters.eip(*eip);
         let kernel = c.inbound_bytes + c.outbound_bytes;
@@ -243,8 +332,13 @@ fn main() -> Result<()> {
         partial += rows.iter().filter(|r| r.state == "partial").count();
         checked.push(json!({"eip": eip, "bytes": kernel, "samples": rows.len()}));
     }
-    // The auditor's path: report (from the store) equals compute over the export.
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    // The auditor's path: report (from the store) equals compute over the export, for the day
+    // of the last sample (the daemon's clock, not the soak's).
+    let last_start = samples.iter().map(|r| r.start).max().context("no sample")?;
+    let today = chrono::DateTime::from_timestamp(last_start, 0)
+        .context("day")?
+        .format("%Y-%m-%d")
+        .to_string();
     let csv = daemon.subcommand(&["samples"])?;
     let computed = eip_meter_tests::compute(&binary, &csv, "UTC", INTERVAL_SECONDS)?;
     let report: serde_json::Value =
@@ -281,8 +375,6 @@ fn main() -> Result<()> {
         }
     }
     ensure!(days_compared > 0, "no day to compare");
-    let store_refusals = daemon.log_events("sampling round not committed: the store refuses writes; rounds are kept in memory and retried every round (the kernel keeps counting)").len();
-    ensure!(daemon.stop()?, "unclean exit at the end\n{}", daemon.log());
 
     let report = json!({
         "minutes": minutes,
@@ -291,12 +383,17 @@ fn main() -> Result<()> {
         "datagrams_sent": datagrams,
         "faults": faults,
         "store_refusal_episodes_logged": store_refusals,
+        "clock_steps_logged": stepped.len(),
+        "clock_behind_episodes_logged": behind,
+        "clock_offset_at_the_end_seconds": clock.offset(),
+        "intervals_skipped_by_the_clock_per_steady_eip_total": skipped_by_clock,
+        "billing_store": shipped,
         "samples": samples.len(),
         "partial_samples_of_steady_eips": partial,
         "steady_eips_checked_to_the_byte": checked,
         "report_days_equal_to_compute": days_compared,
         "daemon_alive_at_the_end": true,
-        "not_injected": ["billing store outages (see tests/tests/billing_store)", "wall-clock steps (no injectable clock)"],
+        "clock": "libfaketime offset (LD_PRELOAD), realtime only",
     });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;

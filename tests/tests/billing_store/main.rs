@@ -15,7 +15,6 @@ mod shipping;
 mod tls;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::Path,
     thread,
@@ -23,7 +22,7 @@ use std::{
 };
 
 use eip_meter_tests::{
-    Daemon, SampleRow, UdpSink, exposition_value, mixed_sizes,
+    Daemon, SampleRow, UdpSink, billing_store, exposition_value, mixed_sizes,
     postgres::Postgres,
     send_udp,
     topology::{Topology, TopologyOptions},
@@ -54,13 +53,7 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// The boundary up to which the billing store holds `host`'s rounds (0: none yet).
-pub fn shipped_boundary(pg: &Postgres, host: &str) -> i64 {
-    pg.value::<i64>(&format!(
-        "SELECT coalesce((SELECT boundary FROM watermarks WHERE host = '{host}'), 0)"
-    ))
-    .unwrap_or(0)
-}
+pub use eip_meter_tests::billing_store::shipped_boundary;
 
 /// Waits until the billing store holds `host`'s rounds up to at least `t`.
 pub fn wait_shipped(pg: &Postgres, daemon: &Daemon, host: &str, t: i64, timeout: Duration) {
@@ -76,86 +69,19 @@ pub fn wait_shipped(pg: &Postgres, daemon: &Daemon, host: &str, t: i64, timeout:
 }
 
 /// `(eip, interval_start) -> (bytes_in, bytes_out, state)` of `host` in the billing store.
-pub fn stored_rows(pg: &Postgres, host: &str) -> BTreeMap<(IpAddr, i64), (u64, u64, String)> {
-    pg.query(&format!(
-        "SELECT host(eip), interval_start, bytes_in, bytes_out, state FROM samples
-         WHERE host = '{host}' ORDER BY 1, 2"
-    ))
-    .unwrap()
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(|l| {
-        let f: Vec<&str> = l.split('|').collect();
-        (
-            (f[0].parse().unwrap(), f[1].parse().unwrap()),
-            (
-                f[2].parse().unwrap(),
-                f[3].parse().unwrap(),
-                f[4].to_owned(),
-            ),
-        )
-    })
-    .collect()
-}
-
-/// The intervals the billing store says `host` sampled.
-pub fn stored_rounds(pg: &Postgres, host: &str) -> BTreeSet<i64> {
-    pg.query(&format!(
-        "SELECT interval_start FROM rounds WHERE host = '{host}'"
-    ))
-    .unwrap()
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(|l| l.parse().unwrap())
-    .collect()
+pub fn stored_rows(pg: &Postgres, host: &str) -> billing_store::StoredRows {
+    billing_store::stored_rows(pg, host).unwrap()
 }
 
 /// Checks the billing store against the local store of `daemon` (stopped) up to what it
-/// shipped: every interval sampled locally is a round there, every local sample with traffic
-/// is a row there with the same values, every row there is a local sample, and the byte sums
-/// agree (a round shipped twice or lost would break one of these).
+/// shipped ([`billing_store::compare_with_local`]); returns the local samples compared.
 pub fn assert_store_matches_local(pg: &Postgres, daemon: &Daemon, host: &str) -> Vec<SampleRow> {
     let boundary = shipped_boundary(pg, host);
-    let local: Vec<SampleRow> = daemon
-        .samples()
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.start < boundary)
-        .collect();
-    assert!(!local.is_empty(), "no local samples before {boundary}");
-    let rows = stored_rows(pg, host);
-    let local_intervals: BTreeSet<i64> = local.iter().map(|s| s.start).collect();
-    assert_eq!(
-        stored_rounds(pg, host),
-        local_intervals,
-        "the rounds in the billing store are not the intervals sampled locally"
-    );
-    let by_key: BTreeMap<(IpAddr, i64), &SampleRow> =
-        local.iter().map(|s| ((s.eip, s.start), s)).collect();
-    for (key, (i, o, state)) in &rows {
-        let l = by_key
-            .get(key)
-            .unwrap_or_else(|| panic!("stored row {key:?} has no local sample"));
-        assert_eq!(
-            (l.bytes_in, l.bytes_out, &l.state),
-            (*i, *o, state),
-            "{key:?}"
-        );
+    let local = daemon.samples().unwrap();
+    if let Err(e) = billing_store::compare_with_local(pg, &local, host) {
+        panic!("{e:#}");
     }
-    for s in &local {
-        if s.bytes_in > 0 || s.bytes_out > 0 {
-            assert!(
-                rows.contains_key(&(s.eip, s.start)),
-                "local sample with traffic {s:?} missing from the billing store"
-            );
-        }
-    }
-    let sum = |f: fn(&SampleRow) -> u64| local.iter().map(f).sum::<u64>();
-    let stored: (u64, u64) = rows
-        .values()
-        .fold((0, 0), |(a, b), (i, o, _)| (a + i, b + o));
-    assert_eq!(stored, (sum(|s| s.bytes_in), sum(|s| s.bytes_out)));
-    local
+    local.into_iter().filter(|s| s.start < boundary).collect()
 }
 
 /// Stops `daemon` and checks the billing store holds its rounds exactly once
