@@ -97,7 +97,21 @@ fn main() -> Result<()> {
     eip_meter_tests::require_root();
     let out = std::env::args()
         .nth(1)
-        .context("usage: eip-meter-packet-bench OUT.json")?;
+        .context("usage: eip-meter-packet-bench OUT.json [--month-end-only]")?;
+    if std::env::args().nth(2).as_deref() == Some("--month-end-only") {
+        // For profiling the round that closes a month: prints its figures, writes nothing.
+        for _ in 0..MONTH_END_RUNS {
+            let m = control::month_end(EIPS)?;
+            println!(
+                "month end: closing round {:.3} s (compute {:.3} s, commit {:.3} s), last round {:.3} s",
+                m.closing_round_seconds,
+                m.closing_compute_seconds,
+                m.closing_commit_seconds,
+                m.last_round_seconds
+            );
+        }
+        return Ok(());
+    }
     eprintln!("bench: the first sampling round of {EIPS} new EIPs, {FIRST_ROUND_RUNS} times");
     let runs = (0..FIRST_ROUND_RUNS)
         .map(|_| control::measure(EIPS))
