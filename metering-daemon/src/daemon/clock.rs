@@ -54,16 +54,16 @@ pub struct ClockWatch {
 impl ClockWatch {
     /// The round due at wall time `wall` (monotonic `mono`), given the last round that stood
     /// (`last_boundary`). When the real time elapsed is unknown (the first round of a process),
-    /// a reading may be spread over a day of intervals.
+    /// a reading may be spread over `default_spread` intervals (the sampler's).
     pub fn due(
         &mut self,
         wall: f64,
         mono: Instant,
         last_boundary: Option<i64>,
         calendar: &Calendar,
+        default_spread: u64,
     ) -> Due {
         let step = i64::from(calendar.interval());
-        let default_spread = u64::from(calendar.samples_per_day());
         let boundary = calendar.interval_start(wall.floor() as i64);
         if let Some(last) = last_boundary
             && boundary <= last
@@ -143,17 +143,17 @@ mod tests {
         let mut c = ClockWatch::default();
         let m0 = Instant::now();
         assert_eq!(
-            round(c.due(T0 as f64 + 0.01, m0, None, &cal())),
+            round(c.due(T0 as f64 + 0.01, m0, None, &cal(), DAY)),
             (T0, None, DAY)
         );
         c.round_stood(T0 as f64 + 0.01, m0);
         // Woken late by 2 s: both clocks agree, so no step.
         let m1 = m0 + Duration::from_secs_f64(302.0);
-        let r = round(c.due(T0 as f64 + 302.01, m1, Some(T0), &cal()));
+        let r = round(c.due(T0 as f64 + 302.01, m1, Some(T0), &cal(), DAY));
         assert_eq!(r, (T0 + STEP, None, DAY));
         // Woken a moment early (the wall clock slewed): wait.
         assert_eq!(
-            c.due((T0 + STEP) as f64 - 0.2, m1, Some(T0), &cal()),
+            c.due((T0 + STEP) as f64 - 0.2, m1, Some(T0), &cal(), DAY),
             Due::Wait
         );
     }
@@ -165,11 +165,15 @@ mod tests {
         c.round_stood(T0 as f64, m0);
         // An hour back: nothing is due for an hour of wall time.
         let m1 = m0 + Duration::from_secs(300);
-        assert_eq!(c.due((T0 - 3300) as f64, m1, Some(T0), &cal()), Due::Wait);
+        assert_eq!(
+            c.due((T0 - 3300) as f64, m1, Some(T0), &cal(), DAY),
+            Due::Wait
+        );
         assert_eq!(c.behind, Some(T0));
         // The clock passed it: the round covers 65 real minutes, so it is marked.
         let m2 = m0 + Duration::from_secs(3900);
-        let (boundary, stepped, spread) = round(c.due((T0 + STEP) as f64, m2, Some(T0), &cal()));
+        let (boundary, stepped, spread) =
+            round(c.due((T0 + STEP) as f64, m2, Some(T0), &cal(), DAY));
         assert_eq!(boundary, T0 + STEP);
         assert!((stepped.unwrap() + 3600.0).abs() < 0.01, "{stepped:?}");
         assert_eq!(spread, 13);
@@ -185,7 +189,7 @@ mod tests {
         let year = 365 * 86_400;
         let m1 = m0 + Duration::from_secs(300);
         let (boundary, stepped, spread) =
-            round(c.due((T0 + year + 300) as f64 + 0.5, m1, Some(T0), &cal()));
+            round(c.due((T0 + year + 300) as f64 + 0.5, m1, Some(T0), &cal(), DAY));
         assert_eq!(boundary, T0 + year + 300);
         assert!((stepped.unwrap() - year as f64 - 0.5).abs() < 0.01);
         assert_eq!(spread, 1);
@@ -194,8 +198,13 @@ mod tests {
     #[test]
     fn after_a_restart_the_spread_is_the_default() {
         let mut c = ClockWatch::default();
-        let (_, stepped, spread) =
-            round(c.due((T0 + 10 * STEP) as f64, Instant::now(), Some(T0), &cal()));
+        let (_, stepped, spread) = round(c.due(
+            (T0 + 10 * STEP) as f64,
+            Instant::now(),
+            Some(T0),
+            &cal(),
+            DAY,
+        ));
         assert_eq!((stepped, spread), (None, DAY));
     }
 }

@@ -21,8 +21,13 @@ impl Daemon {
             boundary,
             stepped_seconds,
             max_intervals,
-        } = self.clock.due(wall, mono, last, &self.calendar)
-        {
+        } = self.clock.due(
+            wall,
+            mono,
+            last,
+            &self.calendar,
+            self.sampler.default_spread(),
+        ) {
             self.round(boundary, stepped_seconds, max_intervals);
             if self.sampler.last_boundary() >= Some(boundary) {
                 self.clock.round_stood(wall, mono);

@@ -76,12 +76,13 @@ pub fn stored_rows(pg: &Postgres, host: &str) -> billing_store::StoredRows {
 /// Checks the billing store against the local store of `daemon` (stopped) up to what it
 /// shipped ([`billing_store::compare_with_local`]); returns the local samples compared.
 pub fn assert_store_matches_local(pg: &Postgres, daemon: &Daemon, host: &str) -> Vec<SampleRow> {
-    let boundary = shipped_boundary(pg, host);
     let local = daemon.samples().unwrap();
-    if let Err(e) = billing_store::compare_with_local(pg, &local, host) {
-        panic!("{e:#}");
-    }
-    local.into_iter().filter(|s| s.start < boundary).collect()
+    let compared =
+        billing_store::compare_with_local(pg, &local, host).unwrap_or_else(|e| panic!("{e:#}"));
+    local
+        .into_iter()
+        .filter(|s| s.start < compared.boundary)
+        .collect()
 }
 
 /// Stops `daemon` and checks the billing store holds its rounds exactly once
