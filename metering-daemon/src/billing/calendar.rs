@@ -4,6 +4,8 @@
 //! Intervals are half-open `[t, t + interval)` and labelled by their start; a sample belongs to
 //! the local day and month of its start.
 
+use std::cell::Cell;
+
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, Offset, TimeZone};
 use chrono_tz::Tz;
 
@@ -24,6 +26,20 @@ pub enum CalendarError {
 pub struct Calendar {
     tz: Tz,
     interval: u32,
+}
+
+/// One local day as a series needs it ([`Calendar::local_day`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalDay {
+    pub date: NaiveDate,
+    /// `[start, end)` as UNIX seconds.
+    pub start: i64,
+    pub end: i64,
+    /// Whether `start` is an interval boundary (false only where a zone skips midnight).
+    pub start_aligned: bool,
+    /// Intervals in the day, and in its month.
+    pub intervals: u32,
+    pub month_intervals: u32,
 }
 
 /// A calendar month.
@@ -177,6 +193,52 @@ impl Calendar {
         ((end - start) / i64::from(self.interval)) as u32
     }
 
+    /// The local day containing `t`. The last one asked is remembered per thread: a round asks
+    /// for the same day once per EIP, and its time-zone conversions, made per EIP, were a
+    /// seventh of the round closing a month for a million EIPs.
+    pub fn local_day(&self, t: i64) -> LocalDay {
+        thread_local! {
+            static LAST: Cell<Option<(Calendar, LocalDay)>> = const { Cell::new(None) };
+        }
+        if let Some((calendar, day)) = LAST.get()
+            && calendar == *self
+            && (day.start..day.end).contains(&t)
+        {
+            return day;
+        }
+        let date = self.day_of(t);
+        let (start, end) = self.day_bounds(date);
+        let day = LocalDay {
+            date,
+            start,
+            end,
+            start_aligned: self.is_aligned(start),
+            intervals: self.intervals_between((start, end)),
+            month_intervals: self.intervals_between(self.month_bounds(Month::of(date))),
+        };
+        LAST.set(Some((*self, day)));
+        day
+    }
+
+    /// [`Calendar::month_bounds`], the last month asked remembered per thread (as
+    /// [`Calendar::local_day`]).
+    pub fn month_bounds_cached(&self, month: Month) -> (i64, i64) {
+        /// A month of a calendar and its bounds.
+        type Remembered = (Calendar, Month, (i64, i64));
+        thread_local! {
+            static LAST: Cell<Option<Remembered>> = const { Cell::new(None) };
+        }
+        if let Some((calendar, m, bounds)) = LAST.get()
+            && calendar == *self
+            && m == month
+        {
+            return bounds;
+        }
+        let bounds = self.month_bounds(month);
+        LAST.set(Some((*self, month, bounds)));
+        bounds
+    }
+
     fn midnight(&self, date: NaiveDate) -> i64 {
         let mut time = date.and_time(NaiveTime::MIN);
         // A zone may skip local midnight (DST at 00:00): the day starts at the first instant
@@ -264,6 +326,42 @@ mod tests {
         let autumn = cal.day_bounds(NaiveDate::from_ymd_opt(2026, 10, 25).unwrap());
         assert_eq!(cal.intervals_between(spring), 276);
         assert_eq!(cal.intervals_between(autumn), 300);
+    }
+
+    #[test]
+    fn local_day_equals_the_conversions_it_remembers() {
+        // Across zones, DST days and a month boundary, asked in an order that hits and misses
+        // the remembered day (and switches calendars, which must not share it).
+        let zones = ["Asia/Shanghai", "Europe/Berlin", "America/Sao_Paulo", "UTC"];
+        let calendars: Vec<Calendar> = zones
+            .iter()
+            .map(|z| Calendar::new(z, 300).unwrap())
+            .collect();
+        let from = utc("2026-03-27T00:00:00Z");
+        for step in 0..(12 * 24 * 6) {
+            let t = from + step * 1_500;
+            for cal in &calendars {
+                let date = cal.day_of(t);
+                let (start, end) = cal.day_bounds(date);
+                let expected = LocalDay {
+                    date,
+                    start,
+                    end,
+                    start_aligned: cal.is_aligned(start),
+                    intervals: cal.intervals_between((start, end)),
+                    month_intervals: cal.intervals_between(cal.month_bounds(Month::of(date))),
+                };
+                assert_eq!(cal.local_day(t), expected, "{} at {t}", cal.timezone());
+                assert_eq!(
+                    cal.local_day(t),
+                    expected,
+                    "{} at {t}, remembered",
+                    cal.timezone()
+                );
+                let month = Month::of(date);
+                assert_eq!(cal.month_bounds_cached(month), cal.month_bounds(month));
+            }
+        }
     }
 
     #[test]

@@ -228,7 +228,16 @@ impl Series {
             Some(d) if d.start_aligned && (d.start..d.end).contains(&sample.start) => {
                 (sample.start - d.start) % step == 0
             }
-            _ => cal.is_aligned(sample.start),
+            // The first sample of a day: from the day (remembered for the round), not a
+            // time-zone conversion per series.
+            _ => {
+                let day = cal.local_day(sample.start);
+                if day.start_aligned {
+                    (sample.start - day.start) % step == 0
+                } else {
+                    cal.is_aligned(sample.start)
+                }
+            }
         };
         if !aligned {
             return Err(SeriesError::Unaligned {
@@ -299,7 +308,8 @@ impl Series {
             return;
         }
         let cal = self.cal();
-        let date = cal.day_of(t);
+        let local = cal.local_day(t);
+        let date = local.date;
         // The closed day's and month's heaps are reused for the new ones.
         let closed_day = self.close_day();
         let month = Month::of(date);
@@ -308,8 +318,7 @@ impl Series {
             closed_month = self.close_month();
         }
         if self.month.is_none() {
-            let n = cal.intervals_between(cal.month_bounds(month)) as usize;
-            let k = rules::discarded(n) + 1;
+            let k = rules::discarded(local.month_intervals as usize) + 1;
             let (mut top_p95, mut daily_peaks_mbps, mut daily_bandwidths_mbps) = closed_month
                 .map_or_else(
                     || (TopK::new(k), Vec::new(), Vec::new()),
@@ -326,18 +335,16 @@ impl Series {
                 daily_bandwidths_mbps,
             });
         }
-        let (start, end) = cal.day_bounds(date);
-        let n = cal.intervals_between((start, end)) as usize;
-        let k = rules::discarded(n) + 1;
+        let k = rules::discarded(local.intervals as usize) + 1;
         let (mut top5, mut top_p95) =
             closed_day.map_or_else(|| (TopK::new(5), TopK::new(k)), |d| (d.top5, d.top_p95));
         top5.reset(5);
         top_p95.reset(k);
         self.day = Some(DayState {
             date,
-            start,
-            end,
-            start_aligned: cal.is_aligned(start),
+            start: local.start,
+            end: local.end,
+            start_aligned: local.start_aligned,
             tally: Tally::default(),
             top5,
             top_p95,
@@ -394,7 +401,7 @@ impl Series {
         };
         self.closed_months.push((month.month, figures));
         // The history before this month can no longer change a figure.
-        let (_, end) = self.cal().month_bounds(month.month);
+        let (_, end) = self.cal().month_bounds_cached(month.month);
         self.bandwidth.prune_before(end);
         Some(month)
     }

@@ -23,7 +23,8 @@ pub(super) struct Pending {
     pub samples: Vec<u8>,
     pub snapshot: Vec<u8>,
     pub new_eips: Vec<(u32, IpAddr)>,
-    pub closed: Vec<(u32, Closed)>,
+    /// Closed figures, encoded ([`crate::store::encode_figures`]).
+    pub figures: Vec<u8>,
     pub closed_groups: Vec<(String, Closed)>,
     pub kind: RoundKind,
     pub first_start: i64,

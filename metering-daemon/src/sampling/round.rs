@@ -21,7 +21,7 @@ use crate::{
         series::{BandwidthHistory, Closed, Sample, Series, SeriesOptions},
     },
     store,
-    store::{RoundKind, RoundRecords, Store, StoreError},
+    store::{Figures, FiguresSpool, RoundKind, RoundRecords, Store, StoreError},
 };
 
 /// Whether `eip`'s series is due for its daily checkpoint in the round at `boundary`.
@@ -293,7 +293,8 @@ impl Sampler {
         let mut sample_count = 0;
         let mut new_ids: Vec<(u32, IpAddr)> = Vec::new();
         let mut next_id = self.next_new_id();
-        let mut closed: Vec<(u32, Closed)> = Vec::new();
+        let mut figures: Option<store::FiguresSpool> = None;
+        let (mut closed_days, mut closed_months) = (0, 0);
         let mut to_checkpoint: Vec<(u32, usize)> = Vec::new();
         let mut order: Vec<usize> = Vec::with_capacity(readings.len());
         let mut in_order = true;
@@ -373,9 +374,14 @@ impl Sampler {
                 ];
             }
             sample_count += new.len();
+            // Encoded now, while the series is in cache, and freed at once.
             let c = st.series.take_closed();
             if !c.days.is_empty() || !c.months.is_empty() {
-                closed.push((id, c));
+                closed_days += c.days.len();
+                closed_months += c.months.len();
+                figures
+                    .get_or_insert_with(|| self.store.figures_spool())
+                    .push(id, &c);
             }
             if st.snapshot.is_none() || checkpoint_turn(id, boundary, &calendar) {
                 to_checkpoint.push((id, i));
@@ -383,6 +389,10 @@ impl Sampler {
             // Committed now or kept pending: either way this round stands.
             st.snapshot = Some(now);
             st.first_seen = None;
+        }
+        // Its last chunk written and fsynced while the commit writes the rest.
+        if let Some(spool) = &mut figures {
+            spool.close();
         }
         // Committed now or kept pending: either way this round stands.
         self.last_round = Some(self.last_round.map_or(boundary, |l| l.max(boundary)));
@@ -392,12 +402,12 @@ impl Sampler {
             samples: sample_count,
             partial_samples: partial,
             counter_resets,
-            closed_days: closed.iter().map(|(_, c)| c.days.len()).sum::<usize>()
+            closed_days: closed_days
                 + closed_groups
                     .iter()
                     .map(|(_, c)| c.days.len())
                     .sum::<usize>(),
-            closed_months: closed.iter().map(|(_, c)| c.months.len()).sum::<usize>()
+            closed_months: closed_months
                 + closed_groups
                     .iter()
                     .map(|(_, c)| c.months.len())
@@ -428,7 +438,9 @@ impl Sampler {
                     samples: &samples_blob,
                     snapshot: &snapshot_blob,
                     new_eips: &new_ids,
-                    closed: &closed,
+                    figures: figures
+                        .as_ref()
+                        .map_or_else(Figures::default, Figures::Spooled),
                     checkpoints: &checkpoint,
                     groups: group_records.as_deref(),
                     closed_groups: &closed_groups,
@@ -450,7 +462,7 @@ impl Sampler {
                 samples: samples_blob,
                 snapshot: snapshot_blob,
                 new_eips: new_ids,
-                closed,
+                figures: figures.map(FiguresSpool::into_encoded).unwrap_or_default(),
                 closed_groups,
                 kind,
                 first_start,
@@ -524,7 +536,7 @@ impl Sampler {
         let calendar = self.calendar;
         let mut samples_blob = Vec::new();
         let mut new_ids = Vec::new();
-        let mut closed = Vec::with_capacity(removed.len());
+        let mut figures_blob = Vec::new();
         let mut forget = Vec::with_capacity(removed.len());
         let mut opened = Vec::new();
         let mut presence_closed = Vec::with_capacity(removed.len());
@@ -564,7 +576,7 @@ impl Sampler {
                     id
                 }
             };
-            closed.push((id, figures));
+            store::encode_figures(&mut figures_blob, id, &figures);
             forget.push(id);
             for s in &new {
                 store::encode_sample(&mut samples_blob, id, boundary, s);
@@ -601,7 +613,7 @@ impl Sampler {
                     samples: &samples_blob,
                     snapshot: &snapshot_blob,
                     new_eips: &new_ids,
-                    closed: &closed,
+                    figures: Figures::Encoded(&figures_blob),
                     kind: RoundKind::Removal,
                     first_start,
                     presence_opened: &opened,
@@ -617,7 +629,7 @@ impl Sampler {
                 samples: samples_blob,
                 snapshot: snapshot_blob,
                 new_eips: new_ids,
-                closed,
+                figures: figures_blob,
                 closed_groups: Vec::new(),
                 kind: RoundKind::Removal,
                 first_start,
@@ -691,7 +703,7 @@ impl Sampler {
                 samples: &p.samples,
                 snapshot: &p.snapshot,
                 new_eips: &p.new_eips,
-                closed: &p.closed,
+                figures: Figures::Encoded(&p.figures),
                 checkpoints: &checkpoints,
                 groups: groups.as_deref(),
                 closed_groups: &p.closed_groups,

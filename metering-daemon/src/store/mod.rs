@@ -9,7 +9,8 @@
 //! never one per EIP on the paths that touch every EIP: a million new EIPs' registrations,
 //! presence and checkpoint references were 3,000,000 rows (2.5 s of their first round), and a
 //! month end's figures 2,000,000 JSON rows (4 s); as files each is one sequential write, and the
-//! checkpoints and figures are encoded and written on a thread beside the rest. After a crash
+//! checkpoints are encoded and written on a thread beside the rest; closed figures are spooled
+//! to their file by a thread while the round still computes (`spool.rs`). After a crash
 //! (even `kill -9` mid-round) the next round starts from the last committed snapshot: no byte
 //! is lost (the kernel kept counting) and no sample is written twice; files of an uncommitted
 //! round are removed at open.
@@ -25,6 +26,7 @@
 //! | `gaps.rs`    | the uplinks' metering gaps                                              |
 //! | `inventory.rs` | the inventory as applied, its history and the audit trail             |
 //! | `registrations.rs` | the EIPs a commit registers, and the presence ranges they opened   |
+//! | `spool.rs`   | closed figures written while their round still computes                 |
 
 mod commit;
 mod export;
@@ -37,6 +39,7 @@ pub mod read_back;
 mod records;
 mod registrations;
 mod ship;
+mod spool;
 pub mod staging;
 #[cfg(test)]
 mod tests;
@@ -48,13 +51,14 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension};
 
-pub use commit::{RoundKind, RoundRecords};
+pub use commit::{Figures, RoundKind, RoundRecords};
 pub use figures::{StoredFigures, Subject};
 pub use gaps::GapRecord;
 pub use inventory::{AuditRow, InventoryChange, InventoryEntry, InventoryRecord, InventoryRow};
 pub use read_back::{ReadBack, RecordFile, read_back};
-pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_sample, encode_snapshot};
+pub use records::{SAMPLE_RECORD, SNAPSHOT_RECORD, encode_figures, encode_sample, encode_snapshot};
 pub use ship::{CommittedRound, PresenceRange};
+pub use spool::FiguresSpool;
 
 use crate::{FastMap, billing::calendar::Calendar};
 
@@ -340,6 +344,7 @@ impl Store {
                 Some((seq, "figures")) => seq
                     .parse::<i64>()
                     .map_or(true, |s| !figure_files.contains(&s)),
+                Some((_, "spool")) => true,
                 _ => false,
             };
             if orphan {
@@ -456,6 +461,11 @@ impl Store {
 
     pub(super) fn registrations_file(&self, seq: i64) -> PathBuf {
         self.files.join(format!("{seq:012}.eips"))
+    }
+
+    /// A spool for the next commit's closed figures, written while the round computes.
+    pub fn figures_spool(&self) -> FiguresSpool {
+        FiguresSpool::start(self.files.join("figures.spool"))
     }
 
     pub(super) fn figures_file(&self, seq: i64) -> PathBuf {

@@ -182,7 +182,7 @@ pub(super) enum FigureRecord {
 /// their 8 bytes little-endian, an `Option` a 0 byte or a 1 byte and the value. A month end
 /// closes a day and a month for every EIP: 2,000,000 JSON rows took 4 s of the round, postcard
 /// 0.6 s to encode, fixed-width fields 0.1 s but 202 MB to write (0.54 s with the fsync).
-pub(super) fn encode_figures(out: &mut Vec<u8>, id: u32, closed: &Closed) {
+pub fn encode_figures(out: &mut Vec<u8>, id: u32, closed: &Closed) {
     for (date, f) in &closed.days {
         out.extend_from_slice(&id.to_le_bytes());
         out.push(0);

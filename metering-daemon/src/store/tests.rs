@@ -74,9 +74,12 @@ fn files_of_an_uncommitted_round_are_removed_at_open() {
     let rounds = dir.path().join("rounds");
     std::fs::write(rounds.join("000000000007.samples"), b"junk").unwrap();
     std::fs::write(rounds.join("000000000007.snapshot"), b"junk").unwrap();
+    // And a crash while a round spooled its closed figures, this one.
+    std::fs::write(rounds.join("figures.spool"), b"junk").unwrap();
     let s = sampler(&db);
     assert!(!rounds.join("000000000007.samples").exists());
     assert!(!rounds.join("000000000007.snapshot").exists());
+    assert!(!rounds.join("figures.spool").exists());
     assert_eq!(s.store().sample_totals(eip).unwrap(), (1, 1000, 10));
 }
 

@@ -184,9 +184,12 @@ pub fn month_end(n: u32) -> Result<MonthEnd> {
         "last round: {} samples",
         last.samples
     );
+    let readings = advance(2);
+    perf_control("enable");
     let started = Instant::now();
-    let closing = sampler.round(DEC_1 + step, &advance(2))?;
+    let closing = sampler.round(DEC_1 + step, &readings)?;
     let closing_round_seconds = started.elapsed().as_secs_f64();
+    perf_control("disable");
     ensure!(
         closing.closed_months >= n as usize,
         "the first round of December closed {} months for {n} EIPs",
@@ -200,4 +203,13 @@ pub fn month_end(n: u32) -> Result<MonthEnd> {
         closed_months: closing.closed_months,
         restore_seconds,
     })
+}
+
+/// Profiling only the closing round: with `EIP_METER_PERF_CTL=FIFO`, tells a
+/// `perf record --delay=-1 --control fifo:FIFO` to start or stop sampling (errors ignored: the
+/// figures do not depend on it).
+fn perf_control(command: &str) {
+    if let Some(fifo) = std::env::var_os("EIP_METER_PERF_CTL") {
+        let _ = std::fs::write(fifo, format!("{command}\n"));
+    }
 }

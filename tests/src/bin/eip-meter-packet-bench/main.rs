@@ -17,6 +17,7 @@ mod cold;
 mod control;
 mod forward;
 mod kernel;
+mod memory;
 mod tcp;
 
 use std::{net::IpAddr, time::Instant};
@@ -97,7 +98,7 @@ fn main() -> Result<()> {
     eip_meter_tests::require_root();
     let out = std::env::args()
         .nth(1)
-        .context("usage: eip-meter-packet-bench OUT.json [--month-end-only]")?;
+        .context("usage: eip-meter-packet-bench OUT.json [--month-end-only | --cold-only]")?;
     if std::env::args().nth(2).as_deref() == Some("--month-end-only") {
         // For profiling the round that closes a month: prints its figures, writes nothing.
         for _ in 0..MONTH_END_RUNS {
@@ -112,20 +113,35 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
-    eprintln!("bench: the first sampling round of {EIPS} new EIPs, {FIRST_ROUND_RUNS} times");
-    let runs = (0..FIRST_ROUND_RUNS)
-        .map(|_| control::measure(EIPS))
-        .collect::<Result<Vec<_>>>()?;
-    let (first_spread, first) = Spread::over(&runs, |r| r.first_round_seconds);
-    let (next_spread, _) = Spread::over(&runs, |r| r.next_round_seconds);
-    eprintln!(
-        "bench: the rounds at the end of a month, {EIPS} EIPs with a full month each, {MONTH_END_RUNS} times"
+    let cold_only = std::env::args().nth(2).as_deref() == Some("--cold-only");
+    if !cold_only {
+        return all(&out);
+    }
+    // For working on the cold path: only cold against hot, printed, nothing written.
+    let (mut dp, mut desired, _) = provisioned()?;
+    let _ = kernel::measure(&mut dp)?;
+    let (dp, cold) = cold::measure(dp, &mut desired)?;
+    dp.shutdown()?;
+    for (name, s) in memory::measure().named() {
+        println!("{name}: {:.1} ({:.1}-{:.1})", s.median, s.min, s.max);
+    }
+    println!(
+        "cold {:.0} ns ({:.0}-{:.0}), cold non-EIP {:.0} ns, hot {:.0} ns ({:.0}-{:.0}): {:.2}x",
+        cold.cold.median,
+        cold.cold.min,
+        cold.cold.max,
+        cold.cold_non_eip.median,
+        cold.hot.median,
+        cold.hot.min,
+        cold.hot.max,
+        cold.cold.median / cold.hot.median
     );
-    let month_ends = (0..MONTH_END_RUNS)
-        .map(|_| control::month_end(EIPS))
-        .collect::<Result<Vec<_>>>()?;
-    let (closing_spread, month_end) = Spread::over(&month_ends, |m| m.closing_round_seconds);
-    let (last_spread, _) = Spread::over(&month_ends, |m| m.last_round_seconds);
+    Ok(())
+}
+
+/// The data plane loaded and attached nowhere yet, with the bench's EIPs provisioned capped,
+/// and how long provisioning took.
+fn provisioned() -> Result<(Dataplane, DesiredPolicy, f64)> {
     let mut config = DataplaneConfig::with_interfaces(vec![UPLINK.to_owned()]);
     config.capacity = EIPS + 16;
     config.bpffs_root = "/sys/fs/bpf/eip-meter-bench".into();
@@ -148,6 +164,25 @@ fn main() -> Result<()> {
     let started = Instant::now();
     dp.apply(&desired)?;
     let provision_seconds = started.elapsed().as_secs_f64();
+    Ok((dp, desired, provision_seconds))
+}
+
+fn all(out: &str) -> Result<()> {
+    eprintln!("bench: the first sampling round of {EIPS} new EIPs, {FIRST_ROUND_RUNS} times");
+    let runs = (0..FIRST_ROUND_RUNS)
+        .map(|_| control::measure(EIPS))
+        .collect::<Result<Vec<_>>>()?;
+    let (first_spread, first) = Spread::over(&runs, |r| r.first_round_seconds);
+    let (next_spread, _) = Spread::over(&runs, |r| r.next_round_seconds);
+    eprintln!(
+        "bench: the rounds at the end of a month, {EIPS} EIPs with a full month each, {MONTH_END_RUNS} times"
+    );
+    let month_ends = (0..MONTH_END_RUNS)
+        .map(|_| control::month_end(EIPS))
+        .collect::<Result<Vec<_>>>()?;
+    let (closing_spread, month_end) = Spread::over(&month_ends, |m| m.closing_round_seconds);
+    let (last_spread, _) = Spread::over(&month_ends, |m| m.last_round_seconds);
+    let (mut dp, mut desired, provision_seconds) = provisioned()?;
     eprintln!("bench: changing the caps of all {EIPS} EIPs");
     for (i, (_, p)) in desired.eips.iter_mut().take(EIPS as usize).enumerate() {
         *p = plan(Some(1 + (i as u64 * 7919 + 13) % 1000));
@@ -168,6 +203,8 @@ fn main() -> Result<()> {
         cold::COLD_EIPS
     );
     let (dp, cold) = cold::measure(dp, &mut desired)?;
+    eprintln!("bench: the cost of one cache miss (pointer chase)");
+    let misses = memory::measure();
     eprintln!(
         "bench: one TCP flow through a {} Mbit/s cap at {:?} ms RTT (delay line)",
         tcp::CAP_MBPS,
@@ -236,6 +273,15 @@ fn main() -> Result<()> {
         "| hot: the same traffic to one EIP | {:.0} | {:.0}-{:.0} | |",
         cold.hot.median, cold.hot.min, cold.hot.max
     );
+    // The floor under the cold figure: one miss, whatever the layout.
+    for (name, s) in misses.named() {
+        report.insert(name.clone(), json!(s.median));
+        report.insert(format!("{name}_range"), s.json());
+        println!(
+            "| {name}: one random cache miss (pointer chase) | {:.1} | {:.1}-{:.1} | |",
+            s.median, s.min, s.max
+        );
+    }
     for f in &tcp {
         let prefix = f.limiter.prefix();
         let rtt = f.rtt_target_ms;
@@ -377,5 +423,5 @@ fn main() -> Result<()> {
             "tcp_ecn_retransmits_per_mb_rtt50": "about 0",
         }),
     );
-    eip_meter_tests::write_bench_report(&out, &report)
+    eip_meter_tests::write_bench_report(out, &report)
 }
