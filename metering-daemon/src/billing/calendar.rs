@@ -35,7 +35,10 @@ pub struct LocalDay {
     /// `[start, end)` as UNIX seconds.
     pub start: i64,
     pub end: i64,
-    /// Whether `start` is an interval boundary (false only where a zone skips midnight).
+    /// Whether the day's interval boundaries are `start + k x interval`: `start` is one, and
+    /// no offset change inside the day moves them (a DST shift that is not a multiple of the
+    /// interval, such as Lord Howe's 30 minutes with hourly intervals). False: check each
+    /// instant with [`Calendar::is_aligned`].
     pub start_aligned: bool,
     /// Intervals in the day, and in its month.
     pub intervals: u32,
@@ -212,7 +215,9 @@ impl Calendar {
             date,
             start,
             end,
-            start_aligned: self.is_aligned(start),
+            // A day is 24 hours but for its offset changes, so its length is a whole number of
+            // intervals exactly when its shifts keep the boundaries where they were.
+            start_aligned: self.is_aligned(start) && (end - start) % i64::from(self.interval) == 0,
             intervals: self.intervals_between((start, end)),
             month_intervals: self.intervals_between(self.month_bounds(Month::of(date))),
         };
@@ -347,7 +352,8 @@ mod tests {
                     date,
                     start,
                     end,
-                    start_aligned: cal.is_aligned(start),
+                    start_aligned: cal.is_aligned(start)
+                        && (start..end).step_by(300).all(|b| cal.is_aligned(b)),
                     intervals: cal.intervals_between((start, end)),
                     month_intervals: cal.intervals_between(cal.month_bounds(Month::of(date))),
                 };
@@ -362,6 +368,26 @@ mod tests {
                 assert_eq!(cal.month_bounds_cached(month), cal.month_bounds(month));
             }
         }
+    }
+
+    #[test]
+    fn a_day_whose_shift_moves_the_boundaries_is_not_aligned_from_its_start() {
+        // Lord Howe moves its clocks by 30 minutes: with hourly intervals the boundaries after
+        // the shift are not `start + k x 3600`; with 30-minute ones they are.
+        let hourly = Calendar::new("Australia/Lord_Howe", 3600).unwrap();
+        let half = Calendar::new("Australia/Lord_Howe", 1800).unwrap();
+        let shift_day = utc("2026-10-04T06:00:00Z"); // noon local, after the 02:00 shift
+        let ordinary = utc("2026-10-10T06:00:00Z");
+        assert!(!hourly.local_day(shift_day).start_aligned);
+        assert!(hourly.local_day(ordinary).start_aligned);
+        assert!(half.local_day(shift_day).start_aligned);
+        // Each instant is still judged by the wall clock: noon local is a boundary.
+        assert!(hourly.is_aligned(shift_day));
+        assert_eq!(
+            (shift_day - hourly.local_day(shift_day).start) % 3600,
+            1800,
+            "relative to the day's start it is not"
+        );
     }
 
     #[test]

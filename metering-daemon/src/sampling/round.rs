@@ -293,7 +293,7 @@ impl Sampler {
         let mut sample_count = 0;
         let mut new_ids: Vec<(u32, IpAddr)> = Vec::new();
         let mut next_id = self.next_new_id();
-        let mut figures: Option<store::FiguresSpool> = None;
+        let mut figures: Option<FiguresSpool> = None;
         let (mut closed_days, mut closed_months) = (0, 0);
         let mut to_checkpoint: Vec<(u32, usize)> = Vec::new();
         let mut order: Vec<usize> = Vec::with_capacity(readings.len());
