@@ -182,9 +182,10 @@ impl Store {
         let groups_blob = groups.map(encode_groups);
         // The records go to files first (durable), then one transaction makes them part of the
         // store: a crash before the commit leaves only files no row refers to. The checkpoints
-        // (the most to encode: a million new series) are encoded and written, and the closed
-        // figures (a month end's 2,000,000, about 110 MB) written, on a thread of their own
-        // beside the rest.
+        // (the most to encode: a million new series) are encoded and written on a thread of
+        // their own beside the rest; that thread also writes the closed figures, or, when a
+        // spool already wrote them during the round (a month end's 2,000,000, about 110 MB),
+        // waits for its fsync and renames its file into place.
         let checkpoints_path = self.checkpoints_file(seq);
         let figures_path = self.figures_file(seq);
         let committed = std::thread::scope(|scope| {
